@@ -1,0 +1,121 @@
+"""Command line: ``priorkit list | show | run | bench | report``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from priorkit.core.errors import PriorkitError
+from priorkit.core.registry import FAMILIES, STATUSES, get, list_methods
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    rows = list_methods(family=args.family, status=args.status)
+    if args.json:
+        print(json.dumps([m.as_dict() for m in rows], indent=1))
+        return 0
+    print(f"{'id':<24}{'family':<14}{'kind':<11}{'status':<13}{'year':<6}title")
+    for m in rows:
+        title = m.title if len(m.title) <= 70 else m.title[:67] + "..."
+        print(f"{m.id:<24}{m.family:<14}{m.kind:<11}{m.status:<13}{m.year:<6}{title}")
+    counts = {s: sum(m.status == s for m in rows) for s in STATUSES}
+    print(f"\n{len(rows)} methods: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    m = get(args.id)
+    if args.json:
+        print(json.dumps(m.as_dict(), indent=1))
+        return 0
+    for k, v in m.as_dict().items():
+        print(f"{k:>14}: {v}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from priorkit.report.bench import run_bench
+
+    ids = [i.strip() for i in args.ids.split(",") if i.strip()] if args.ids else None
+    results, paths = run_bench(ids, family=args.family, quick=args.quick, seeds=args.seeds, out=Path(args.out))
+    for r in results:
+        verdict = "ERROR " + r["error"] if r.get("error") else ("reproduced" if r["reproduced"] else "not reproduced")
+        m, b = r.get("method") or {}, r.get("baseline") or {}
+        print(
+            f"{r['id']:<22} {r.get('metric')}: method {m.get('mean', float('nan')):.4g} "
+            f"vs baseline {b.get('mean', float('nan')):.4g} -> {verdict}"
+        )
+    print(f"report: {paths['html'].resolve()}\n        {paths['md'].resolve()}\n        {paths['json'].resolve()}")
+    return 1 if any(r.get("error") for r in results) else 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from priorkit.report.bench import run_bench
+
+    get(args.id)
+    results, paths = run_bench(
+        [args.id], quick=args.quick, seeds=1, out=Path(args.out or f"runs/{args.id}"), title=f"priorkit run {args.id}"
+    )
+    r = results[0]
+    if r.get("error"):
+        print(r["traceback"], file=sys.stderr)
+        return 1
+    print(f"{args.id}: {r['metric']} method {r['method']['mean']:.4g} vs baseline {r['baseline']['mean']:.4g}")
+    print(f"report: {paths['html'].resolve()}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from priorkit.report.render import write_report
+
+    src = Path(args.dir) / "results.json"
+    if not src.is_file():
+        raise PriorkitError(f"no results.json in {args.dir}; run `priorkit bench --out {args.dir}` first")
+    paths = write_report(json.loads(src.read_text()), Path(args.dir))
+    print(f"report: {paths['html'].resolve()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="priorkit", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    ls = sub.add_parser("list", help="the method table")
+    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--family", choices=FAMILIES)
+    ls.add_argument("--status", choices=STATUSES)
+    ls.set_defaults(fn=_cmd_list)
+    sh = sub.add_parser("show", help="one method's registry entry")
+    sh.add_argument("id")
+    sh.add_argument("--json", action="store_true")
+    sh.set_defaults(fn=_cmd_show)
+    be = sub.add_parser("bench", help="run experiments (method vs baseline) and write the report")
+    be.add_argument("--ids", help="comma-separated method ids (default: every implemented method)")
+    be.add_argument("--family", choices=FAMILIES)
+    be.add_argument("--quick", action="store_true", help="small budgets: each experiment well under a minute")
+    be.add_argument("--seeds", type=int, help="number of seeds (default: the experiment's own)")
+    be.add_argument("--out", default="bench-out", help="output folder (default: bench-out)")
+    be.set_defaults(fn=_cmd_bench)
+    ru = sub.add_parser("run", help="train one method with its defaults and write a report for that run")
+    ru.add_argument("id")
+    ru.add_argument("--quick", action="store_true")
+    ru.add_argument("--out")
+    ru.set_defaults(fn=_cmd_run)
+    rp = sub.add_parser("report", help="re-render report.md/html from DIR/results.json")
+    rp.add_argument("dir")
+    rp.set_defaults(fn=_cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except PriorkitError as err:
+        print(f"priorkit: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""The method registry: one entry per card id (69 in all), with its status and entry point.
+
+The static facts (title, year, family, kind, card, official code) live in ``_catalog.py``; what priorkit
+has built for each id lives in ``STATUS`` below. A method is ``implemented`` only when DESIGN.md's "done"
+holds: the card followed, invariant tests, an experiment in ``priorkit bench``, and an honest entry here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from priorkit.core._catalog import CATALOG
+from priorkit.core.errors import check_choice, unknown_name
+
+FAMILIES = ("prototypes", "regularizers", "sparsity", "adapters", "priors", "theory")
+KINDS = ("head", "loss", "hook", "mask", "transform", "adapter", "system", "estimator")
+STATUSES = ("planned", "partial", "implemented")
+
+# id -> (status, module path of the method, note on what is missing)
+STATUS: dict[str, tuple[str, str, str]] = {
+    "pskd": (
+        "implemented",
+        "priorkit.regularizers.pskd",
+        "CutMix composition and fp16/top-k memory for very large N x C not built",
+    ),
+    "elr": (
+        "implemented",
+        "priorkit.regularizers.elr",
+        "ELR+ (two networks, weight averaging, mixup) and Clothing1M/WebVision loaders not built",
+    ),
+    "pdp": (
+        "implemented",
+        "priorkit.sparsity.pdp",
+        "BERT-scale runs and physical channel removal (Torch-Pruning) not built",
+    ),
+    "essential_sparsity": (
+        "implemented",
+        "priorkit.sparsity.essential_sparsity",
+        "IMP/LTH mask comparison, ERK random baseline and abrupt-sparsification tracking not built",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    id: str
+    title: str
+    year: int
+    family: str
+    kind: str
+    card: str
+    official_code: str
+    summary: str
+    status: str
+    module: str
+    missing: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load(self) -> Any:
+        """Import the method's module (only for ``partial``/``implemented`` entries)."""
+        if not self.module:
+            raise NotImplementedError(f"method {self.id!r} is {self.status}: {self.missing}")
+        return importlib.import_module(self.module)
+
+
+def _build() -> dict[str, MethodInfo]:
+    out: dict[str, MethodInfo] = {}
+    for row in CATALOG:
+        status, module, missing = STATUS.get(row["id"], ("planned", "", "not started"))
+        check_choice(f"status of {row['id']}", status, STATUSES)
+        check_choice(f"family of {row['id']}", row["family"], FAMILIES)
+        check_choice(f"kind of {row['id']}", row["kind"], KINDS)
+        out[row["id"]] = MethodInfo(status=status, module=module, missing=missing, **row)
+    unknown = set(STATUS) - set(out)
+    if unknown:
+        raise RuntimeError(f"STATUS names ids that are not in the catalog: {sorted(unknown)}")
+    return out
+
+
+REGISTRY: dict[str, MethodInfo] = _build()
+
+
+def get(method_id: str) -> MethodInfo:
+    """The registry entry for ``method_id``; an unknown id raises naming the closest ids."""
+    try:
+        return REGISTRY[method_id]
+    except KeyError:
+        raise unknown_name("method id", method_id, REGISTRY) from None
+
+
+def list_methods(family: str | None = None, status: str | None = None, kind: str | None = None) -> list[MethodInfo]:
+    """Registry entries in catalog order, optionally filtered."""
+    if family is not None:
+        check_choice("family", family, FAMILIES)
+    if status is not None:
+        check_choice("status", status, STATUSES)
+    if kind is not None:
+        check_choice("kind", kind, KINDS)
+    return [
+        m
+        for m in REGISTRY.values()
+        if (family is None or m.family == family)
+        and (status is None or m.status == status)
+        and (kind is None or m.kind == kind)
+    ]

@@ -1,0 +1,175 @@
+"""Offline datasets. Every item is ``(x, y, index)``: per-sample methods (PS-KD, ELR, ...) need the index.
+
+Nothing here downloads: digits come with scikit-learn, mnist1d is generated locally by the ``mnist1d``
+package from its templates (and cached), Gaussian mixtures are sampled from a seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from priorkit.core.errors import PriorkitError, check_choice, check_positive_int, check_range
+
+
+class IndexedTensorDataset(Dataset):
+    """Inputs ``x`` and integer labels ``y`` in memory; item ``i`` is ``(x[i], y[i], i)``.
+
+    ``clean_y`` keeps the labels before any noise was injected (for memorization analysis).
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, clean_y: torch.Tensor | None = None) -> None:
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+            raise PriorkitError("x and y must be torch tensors")
+        if len(x) != len(y):
+            raise PriorkitError(f"x and y must have the same length, got {len(x)} and {len(y)}")
+        if y.dim() != 1 or y.dtype != torch.long:
+            raise PriorkitError(f"y must be a 1-D int64 tensor of class labels, got {y.dtype} {list(y.shape)}")
+        self.x, self.y = x, y
+        self.clean_y = clean_y if clean_y is not None else y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        return self.x[i], self.y[i], i
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.x[idx], self.y[idx], idx
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.clean_y.max()) + 1
+
+    def with_labels(self, y: torch.Tensor) -> IndexedTensorDataset:
+        """The same inputs with new (e.g. noisy) labels; the clean labels are kept."""
+        return IndexedTensorDataset(self.x, y, clean_y=self.clean_y)
+
+
+@dataclass
+class Splits:
+    train: IndexedTensorDataset
+    val: IndexedTensorDataset
+    test: IndexedTensorDataset
+    num_classes: int
+    input_shape: tuple[int, ...]
+
+
+def split_arrays(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    val: float = 0.1,
+    test: float = 0.2,
+    seed: int = 0,
+    stratify: bool = True,
+) -> Splits:
+    """Split arrays into train/val/test (stratified by class, deterministic from ``seed``)."""
+    check_range("val", val, 0.0, 1.0, high_inclusive=False)
+    check_range("test", test, 0.0, 1.0, high_inclusive=False)
+    if val + test >= 1.0:
+        raise PriorkitError(f"val + test must be < 1, got {val} + {test}")
+    rng = np.random.default_rng(seed)
+    y_np = y.numpy()
+    parts: list[list[int]] = [[], [], []]
+    groups = [np.flatnonzero(y_np == c) for c in np.unique(y_np)] if stratify else [np.arange(len(y_np))]
+    for g in groups:
+        g = rng.permutation(g)
+        n_test, n_val = int(round(test * len(g))), int(round(val * len(g)))
+        parts[2] += g[:n_test].tolist()
+        parts[1] += g[n_test : n_test + n_val].tolist()
+        parts[0] += g[n_test + n_val :].tolist()
+    sets = [IndexedTensorDataset(x[np.sort(p)], y[np.sort(p)]) for p in parts]
+    return Splits(*sets, num_classes=int(y.max()) + 1, input_shape=tuple(x.shape[1:]))
+
+
+def load_digits(*, image: bool = False, val: float = 0.1, test: float = 0.3, seed: int = 0) -> Splits:
+    """scikit-learn's 8x8 digits (1,797 images, 10 classes), scaled to [0, 1].
+
+    ``image=False`` gives 64-d vectors (MLP), ``image=True`` gives ``[1, 8, 8]`` images (CNN).
+    """
+    from sklearn.datasets import load_digits as _ld
+
+    d = _ld()
+    x = torch.tensor(d.data, dtype=torch.float32) / 16.0
+    if image:
+        x = x.view(-1, 1, 8, 8)
+    return split_arrays(x, torch.tensor(d.target, dtype=torch.long), val=val, test=test, seed=seed)
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("PRIORKIT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "priorkit"))
+    return Path(root)
+
+
+def load_mnist1d(*, val: float = 0.1, seed: int = 0, channel: bool = False) -> Splits:
+    """mnist1d (Greydanus, 2020): 4,000 train / 1,000 test 1-D signals of length 40, 10 classes.
+
+    Generated locally from the package's templates with its default arguments (data seed 42) and cached as
+    a ``.npz``; ``val`` of the 4,000 training signals are held out (stratified, from ``seed``). With
+    ``channel=True`` inputs are ``[1, 40]`` (1-D CNN), else ``[40]`` (MLP).
+    """
+    path = _cache_dir() / "mnist1d_default.npz"
+    if not path.is_file():
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        d = make_dataset(get_dataset_args())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, x=d["x"], y=d["y"], x_test=d["x_test"], y_test=d["y_test"])
+        os.replace(tmp, path)
+    d = np.load(path)
+    x, y = torch.tensor(d["x"], dtype=torch.float32), torch.tensor(d["y"], dtype=torch.long)
+    xt, yt = torch.tensor(d["x_test"], dtype=torch.float32), torch.tensor(d["y_test"], dtype=torch.long)
+    if channel:
+        x, xt = x.unsqueeze(1), xt.unsqueeze(1)
+    tv = split_arrays(x, y, val=val, test=0.0, seed=seed)
+    return Splits(tv.train, tv.val, IndexedTensorDataset(xt, yt), num_classes=10, input_shape=tuple(x.shape[1:]))
+
+
+def gaussian_mixture(
+    n: int = 3000,
+    *,
+    num_classes: int = 4,
+    dim: int = 2,
+    separation: float = 3.0,
+    std: float = 1.0,
+    val: float = 0.1,
+    test: float = 0.2,
+    seed: int = 0,
+) -> Splits:
+    """Isotropic Gaussian classes with means on a scaled random simplex-like set, deterministic from ``seed``."""
+    check_positive_int("n", n)
+    check_positive_int("num_classes", num_classes, 2)
+    check_positive_int("dim", dim)
+    check_range("std", std, 0.0, low_inclusive=False)
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(num_classes, dim, generator=g)
+    means = separation * means / means.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    y = torch.arange(n) % num_classes
+    x = means[y] + std * torch.randn(n, dim, generator=g)
+    return split_arrays(x, y, val=val, test=test, seed=seed)
+
+
+DATASETS = ("digits", "digits_image", "mnist1d", "mnist1d_channel", "gaussian_mixture")
+
+
+def load_dataset(name: str, *, seed: int = 0) -> Splits:
+    """Load one of :data:`DATASETS` by name."""
+    check_choice("dataset", name, DATASETS)
+    if name.startswith("digits"):
+        return load_digits(image=name == "digits_image", seed=seed)
+    if name.startswith("mnist1d"):
+        return load_mnist1d(seed=seed, channel=name == "mnist1d_channel")
+    return gaussian_mixture(seed=seed)
+
+
+def fingerprint(t: torch.Tensor) -> str:
+    """A short content hash of a tensor (to check two runs saw the same data)."""
+    return hashlib.sha1(t.detach().cpu().numpy().tobytes()).hexdigest()[:12]

@@ -1,0 +1,1 @@
+"""One small-scale reproduction per method id: ``priorkit/experiments/<id>.py`` defines ``EXPERIMENT``."""

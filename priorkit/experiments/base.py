@@ -1,0 +1,123 @@
+"""The experiment contract: a method against its baseline on the same data, seeds and budget.
+
+Each ``priorkit/experiments/<id>.py`` defines ``EXPERIMENT = Experiment(...)``. Its ``run(seed, quick)``
+returns the numbers of one seed for the method and the baseline; :func:`run_experiment` aggregates them
+over seeds and decides ``reproduced`` from the ``checks`` the experiment states up front (direction and
+margin) - never by hand.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from priorkit.core.errors import check_choice
+
+#: what ``run(seed, quick)`` returns: {"method": {metric: value}, "baseline": {metric: value}, "extra": {...}}
+SeedResult = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One rule of the claim.
+
+    ``against='baseline'``: ``higher`` passes when method >= baseline + margin, ``lower`` when
+    method <= baseline - margin (a negative margin allows a stated tolerance). ``against='value'``: the
+    method's mean is compared with the fixed ``margin`` itself (e.g. essential sparsity >= 0.3).
+    """
+
+    metric: str
+    direction: str
+    margin: float = 0.0
+    against: str = "baseline"
+
+    def __post_init__(self) -> None:
+        check_choice("direction", self.direction, ("higher", "lower"))
+        check_choice("against", self.against, ("baseline", "value"))
+
+    def passed(self, method: float, baseline: float | None) -> bool:
+        ref = self.margin if self.against == "value" else None
+        if ref is None:
+            if baseline is None:
+                raise ValueError(f"check on {self.metric!r} needs a baseline value")
+            ref = baseline + self.margin if self.direction == "higher" else baseline - self.margin
+        return method >= ref if self.direction == "higher" else method <= ref
+
+    def describe(self) -> str:
+        op = ">=" if self.direction == "higher" else "<="
+        if self.against == "value":
+            return f"method {self.metric} {op} {self.margin:g}"
+        sign = "+" if self.direction == "higher" else "-"
+        return f"method {self.metric} {op} baseline {self.metric} {sign} {self.margin:g}"
+
+
+@dataclass
+class Experiment:
+    id: str
+    claim: str
+    setup: str
+    method_name: str
+    baseline_name: str
+    checks: list[Check]
+    run: Callable[[int, bool], SeedResult]
+    seeds: int = 3
+    quick_seeds: int = 2
+    plot: Callable[[list[SeedResult], Path], list[Path]] | None = None
+    notes: str = ""
+    metric_direction: dict[str, str] = field(default_factory=dict)
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": float(statistics.fmean(values)),
+        "std": float(statistics.pstdev(values)) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
+
+
+def run_experiment(exp: Experiment, *, quick: bool, seeds: int | None = None, figdir: Path | None = None) -> dict:
+    """Run ``exp`` over seeds ``0..n-1`` and return the result record of ``results.json``."""
+    n = seeds if seeds is not None else (exp.quick_seeds if quick else exp.seeds)
+    start = time.perf_counter()
+    per_seed = [exp.run(seed, quick) for seed in range(n)]
+    seconds = time.perf_counter() - start
+    metrics = {side: sorted({k for r in per_seed for k in r[side]}) for side in ("method", "baseline")}
+    agg = {
+        side: {k: _stats([r[side][k] for r in per_seed if k in r[side]]) for k in metrics[side]}
+        for side in ("method", "baseline")
+    }
+    checks = []
+    for c in exp.checks:
+        m = agg["method"][c.metric]["mean"]
+        b = agg["baseline"].get(c.metric, {}).get("mean")
+        checks.append(
+            {"rule": c.describe(), "metric": c.metric, "method": m, "baseline": b, "passed": bool(c.passed(m, b))}
+        )
+    primary = exp.checks[0].metric
+    figures: list[str] = []
+    if exp.plot is not None and figdir is not None:
+        figdir.mkdir(parents=True, exist_ok=True)
+        figures = [str(p) for p in exp.plot(per_seed, figdir)]
+    return {
+        "id": exp.id,
+        "claim": exp.claim,
+        "setup": exp.setup,
+        "method_name": exp.method_name,
+        "baseline_name": exp.baseline_name,
+        "metric": primary,
+        "method": agg["method"][primary],
+        "baseline": agg["baseline"].get(primary),
+        "all_metrics": agg,
+        "checks": checks,
+        "reproduced": all(c["passed"] for c in checks),
+        "seeds": n,
+        "seconds": round(seconds, 2),
+        "quick": quick,
+        "notes": exp.notes,
+        "per_seed": [{k: v for k, v in r.items() if k != "curves"} for r in per_seed],
+        "figures": figures,
+    }

@@ -1,0 +1,67 @@
+"""Shared parts of the regularizers family: the per-sample memory used by PS-KD and ELR."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from priorkit.core.errors import PriorkitError, check_choice, check_positive_int
+from priorkit.train import distributed as D
+
+MEMORY_DTYPES = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64}
+
+
+class PerSampleMemory:
+    """An ``[N, C]`` table with one row per training sample, keyed by the dataset index.
+
+    ``write`` gathers ``(index, rows)`` from every rank before writing, so under DDP each rank holds the
+    whole, identical table (as the official PS-KD code does) and a resumed or re-sharded run reads the
+    same values.
+    """
+
+    def __init__(self, num_samples: int, num_classes: int, dtype: str = "float32", fill: float = 0.0) -> None:
+        check_positive_int("num_samples", num_samples)
+        check_positive_int("num_classes", num_classes)
+        check_choice("memory dtype", dtype, list(MEMORY_DTYPES))
+        self.dtype = dtype
+        self.table = torch.full((num_samples, num_classes), fill, dtype=MEMORY_DTYPES[dtype])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.table.shape)  # type: ignore[return-value]
+
+    def _check_index(self, index: torch.Tensor) -> torch.Tensor:
+        if index.dim() != 1 or index.dtype not in (torch.int64, torch.int32):
+            raise PriorkitError(f"index must be a 1-D integer tensor, got {index.dtype} {list(index.shape)}")
+        if len(index) and (int(index.min()) < 0 or int(index.max()) >= self.table.shape[0]):
+            raise PriorkitError(
+                f"index must lie in [0, {self.table.shape[0] - 1}] (num_samples), got "
+                f"[{int(index.min())}, {int(index.max())}]; does the dataset return its sample index?"
+            )
+        return index.long().cpu()
+
+    def read(self, index: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+        """Rows for ``index`` as float32 on ``device``."""
+        rows = self.table[self._check_index(index)].float()
+        return rows.to(device) if device is not None else rows
+
+    def write(self, index: torch.Tensor, rows: torch.Tensor, *, gather: bool = True) -> None:
+        """Set the rows for ``index`` (from every rank when ``gather`` and running under DDP)."""
+        if rows.shape != (len(index), self.table.shape[1]):
+            raise PriorkitError(f"rows must have shape [{len(index)}, {self.table.shape[1]}], got {list(rows.shape)}")
+        rows = rows.detach()
+        if gather and D.is_dist():
+            index = D.all_gather_cat(index.to(rows.device))
+            rows = D.all_gather_cat(rows)
+        self.table[self._check_index(index.cpu())] = rows.cpu().to(self.table.dtype)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"table": self.table.clone(), "dtype": self.dtype}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if tuple(state["table"].shape) != tuple(self.table.shape):
+            raise PriorkitError(
+                f"memory in the checkpoint has shape {list(state['table'].shape)}, this run {list(self.table.shape)}"
+            )
+        self.table = state["table"].clone().to(MEMORY_DTYPES[self.dtype])

@@ -1,0 +1,165 @@
+"""Shared sparsity math: exact-count magnitude thresholds, N:M grouping, global budgets, the cubic
+schedule and fixed masks attached with ``torch.nn.utils.parametrize`` (DESIGN principle 4).
+
+``torch.ao.pruning`` was considered: its ``FakeSparsity`` is the same mechanism, but its sparsifiers only
+discover ``nn.Linear`` and carry no exact-count global threshold, so the small pieces are written here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from priorkit.core.errors import PriorkitError, check_positive_int, check_sparsity
+
+PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+def prunable_layers(model: nn.Module, include: Callable[[str, nn.Module], bool] | None = None) -> dict[str, nn.Module]:
+    """Linear/Conv layers of ``model`` by name, filtered by ``include(name, module)`` when given."""
+    out = {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
+    if include is not None:
+        out = {n: m for n, m in out.items() if include(n, m)}
+    if not out:
+        raise PriorkitError("no prunable layers (nn.Linear / nn.Conv1d / nn.Conv2d) matched the filter")
+    return out
+
+
+def exclude_last_linear(model: nn.Module) -> Callable[[str, nn.Module], bool]:
+    """A filter that keeps every prunable layer but the classifier (the last ``nn.Linear``)."""
+    last = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1:]
+    return lambda name, _m: name not in last
+
+
+def magnitude_keep_mask(w: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep-mask with exactly ``floor(sparsity * n)`` zeros at the smallest ``|w|`` (ties by position)."""
+    check_sparsity("sparsity", sparsity)
+    k = math.floor(sparsity * w.numel())
+    mask = torch.ones(w.numel(), dtype=torch.bool, device=w.device)
+    if k:
+        mask[torch.argsort(w.detach().abs().flatten(), stable=True)[:k]] = False
+    return mask.view_as(w)
+
+
+def global_magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
+    """One global ranking of ``|w|`` over all tensors; exactly ``floor(sparsity * N)`` zeros in total."""
+    check_sparsity("sparsity", sparsity)
+    if not weights:
+        raise PriorkitError("weights must hold at least one tensor")
+    flat = torch.cat([w.detach().abs().flatten() for w in weights.values()])
+    keep = torch.ones(flat.numel(), dtype=torch.bool)
+    k = math.floor(sparsity * flat.numel())
+    if k:
+        keep[torch.argsort(flat, stable=True)[:k]] = False
+    out, start = {}, 0
+    for name, w in weights.items():
+        out[name] = keep[start : start + w.numel()].view_as(w)
+        start += w.numel()
+    return out
+
+
+def global_random_masks(weights: dict[str, torch.Tensor], sparsity: float, *, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random global pruning with exactly ``floor(sparsity * N)`` zeros (the essential-sparsity baseline)."""
+    check_sparsity("sparsity", sparsity)
+    n = sum(w.numel() for w in weights.values())
+    keep = torch.ones(n, dtype=torch.bool)
+    k = math.floor(sparsity * n)
+    if k:
+        keep[torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k]] = False
+    out, start = {}, 0
+    for name, w in weights.items():
+        out[name] = keep[start : start + w.numel()].view_as(w)
+        start += w.numel()
+    return out
+
+
+def global_layer_budgets(weights: dict[str, torch.Tensor], sparsity: float) -> dict[str, float]:
+    """Per-layer sparsities that one global magnitude ranking at ``sparsity`` assigns (PDP's allocation)."""
+    masks = global_magnitude_masks(weights, sparsity)
+    return {n: 1.0 - float(m.float().mean()) for n, m in masks.items()}
+
+
+def nm_groups(w: torch.Tensor, m: int) -> torch.Tensor:
+    """View a Linear ``[out, in]`` or Conv ``[out, in, *k]`` weight as groups of ``m`` consecutive input
+    channels: ``[out * prod(k) * in / m, m]``. ``in`` must be divisible by ``m``."""
+    check_positive_int("M", m)
+    if w.dim() < 2:
+        raise PriorkitError(f"N:M needs a weight with >= 2 dims, got shape {list(w.shape)}")
+    if w.shape[1] % m:
+        raise PriorkitError(f"N:M needs in_features ({w.shape[1]}) divisible by M ({m})")
+    return w.movedim(1, -1).reshape(-1, m)
+
+
+def nm_ungroup(g: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`nm_groups`."""
+    shape = list(like.movedim(1, -1).shape)
+    return g.reshape(shape).movedim(-1, 1)
+
+
+def nm_keep_mask(w: torch.Tensor, n_keep: int, m: int) -> torch.Tensor:
+    """Keep the ``n_keep`` largest ``|w|`` in every group of ``m`` consecutive input weights."""
+    if not 0 < n_keep <= m:
+        raise PriorkitError(f"N:M needs 0 < N <= M, got N={n_keep}, M={m}")
+    g = nm_groups(w.detach().abs(), m)
+    keep = torch.zeros_like(g, dtype=torch.bool)
+    keep.scatter_(1, g.topk(n_keep, dim=1).indices, True)
+    return nm_ungroup(keep, w)
+
+
+def cubic_sparsity(step: int, start: int, end: int, final: float, initial: float = 0.0) -> float:
+    """Zhu & Gupta (2017) cubic ramp: ``s_f + (s_i - s_f)(1 - (t - t0)/(t1 - t0))^3`` clipped to [t0, t1]."""
+    check_sparsity("final", final)
+    if end <= start:
+        raise PriorkitError(f"cubic schedule needs end > start, got start={start}, end={end}")
+    frac = min(max((step - start) / (end - start), 0.0), 1.0)
+    return final + (initial - final) * (1.0 - frac) ** 3
+
+
+class FixedMask(nn.Module):
+    """A parametrization ``W -> mask * W`` with a stored boolean mask (pruned weights stay exactly zero)."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask.to(torch.bool).clone())
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w * self.mask.to(w.dtype)
+
+
+def apply_masks(layers: dict[str, nn.Module], masks: dict[str, torch.Tensor]) -> None:
+    """Attach (or update) a :class:`FixedMask` on each layer's ``weight``."""
+    for name, mask in masks.items():
+        layer = layers[name]
+        if tuple(mask.shape) != tuple(raw_weight(layer).shape):
+            raise PriorkitError(f"mask for {name} has shape {list(mask.shape)}, weight {list(layer.weight.shape)}")
+        existing = find_parametrization(layer, FixedMask)
+        if existing is not None:
+            existing.mask.copy_(mask)
+        else:
+            parametrize.register_parametrization(layer, "weight", FixedMask(mask))
+
+
+def remove_masks(layers: Iterable[nn.Module]) -> None:
+    """Bake parametrizations into plain weights (``leave_parametrized=True``)."""
+    for layer in layers:
+        if parametrize.is_parametrized(layer, "weight"):
+            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+
+
+def raw_weight(layer: nn.Module) -> torch.Tensor:
+    if parametrize.is_parametrized(layer, "weight"):
+        return layer.parametrizations.weight.original  # type: ignore[union-attr]
+    return layer.weight
+
+
+def find_parametrization(layer: nn.Module, kind: type) -> nn.Module | None:
+    if not parametrize.is_parametrized(layer, "weight"):
+        return None
+    for p in layer.parametrizations.weight:  # type: ignore[union-attr]
+        if isinstance(p, kind):
+            return p
+    return None
