@@ -207,10 +207,11 @@ class PDP(Hook):
             return
         if epoch >= self.warmup and not self.budgets:
             weights = {n: raw_weight(mod).detach() for n, mod in self.layers.items()}
-            if self.global_allocation:
-                self.budgets = global_layer_budgets(weights, self.sparsity)
-            else:
-                self.budgets = {n: self.sparsity for n in weights}
+            budgets = global_layer_budgets(weights, self.sparsity) if self.global_allocation else {}
+            # the threshold keeps at least one weight per layer (q <= n - 1), so the budget is capped the same way
+            self.budgets = {
+                n: min(budgets.get(n, self.sparsity), (w.numel() - 1) / w.numel()) for n, w in weights.items()
+            }
             self._warn_tau(weights)
         if self.hard_epochs and epoch >= trainer.num_epochs - self.hard_epochs:
             self.harden()

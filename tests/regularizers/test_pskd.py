@@ -1,0 +1,66 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from priorkit.data import gaussian_mixture
+from priorkit.models import MLP
+from priorkit.regularizers.pskd import PSKD, alpha_at, pskd_loss, pskd_targets
+from priorkit.train import Hook, TrainConfig, Trainer
+
+
+def test_alpha_schedule_is_linear_in_epoch():
+    assert [alpha_at(t, 4, 0.8) for t in range(4)] == pytest.approx([0.2, 0.4, 0.6, 0.8])
+    assert alpha_at(0, 4, 0.8, "constant") == 0.8
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        alpha_at(0, 4, 0.8, "cosine")
+    with pytest.raises(ValueError, match=r"alpha_T must be in \[0, 1\]"):
+        alpha_at(0, 4, 1.5)
+
+
+def test_targets_on_simplex_and_alpha_zero_is_cross_entropy():
+    logits, y = torch.randn(8, 5), torch.randint(0, 5, (8,))
+    past = torch.rand(8, 5).softmax(1)
+    t = pskd_targets(y, past, 0.6)
+    assert (t >= 0).all() and torch.allclose(t.sum(1), torch.ones(8))
+    assert torch.allclose(pskd_loss(logits, pskd_targets(y, past, 0.0)), F.cross_entropy(logits, y))
+
+
+def test_gradient_matches_closed_form():
+    logits = torch.randn(6, 4, requires_grad=True)
+    y, past, a = torch.randint(0, 4, (6,)), torch.rand(6, 4).softmax(1), 0.3
+    pskd_loss(logits, pskd_targets(y, past, a)).backward()
+    p = logits.detach().softmax(1)
+    expected = (p - (1 - a) * F.one_hot(y, 4) - a * past) / 6
+    assert torch.allclose(logits.grad, expected, atol=1e-6)
+
+
+class _Spy(Hook):
+    """Records the targets PS-KD produced and the softmax of the step it wrote."""
+
+    def __init__(self):
+        self.targets, self.probs = [], []
+
+    def on_step_end(self, trainer, batch):
+        self.targets.append((batch.index.clone(), batch.target.clone(), trainer.epoch))
+        self.probs.append((batch.index.clone(), batch.output.detach().softmax(1)))
+
+
+def test_epoch0_targets_are_one_hot_and_memory_holds_last_softmax():
+    data = gaussian_mixture(200, num_classes=3, seed=0)
+    pskd, spy = PSKD(len(data.train), 3), _Spy()
+    Trainer(MLP(2, (16,), 3), data.train, hooks=[pskd, spy], config=TrainConfig(epochs=3, batch_size=32)).fit()
+    for index, target, epoch in spy.targets:
+        if epoch == 0:
+            assert torch.equal(target, F.one_hot(data.train.y[index], 3).float())
+    last = {}
+    for index, probs in spy.probs:
+        for i, p in zip(index.tolist(), probs):
+            last[i] = p
+    for i, p in last.items():
+        assert torch.allclose(pskd.memory.table[i], p)
+
+
+def test_bad_index_is_named():
+    pskd = PSKD(10, 3)
+    with pytest.raises(ValueError, match="does the dataset return its sample index"):
+        pskd.memory.read(torch.tensor([12]))

@@ -1,0 +1,88 @@
+import pytest
+import torch
+
+from priorkit.core.errors import NonFiniteLossError
+from priorkit.data import gaussian_mixture
+from priorkit.data.augment import Augment, random_shift
+from priorkit.models import MLP
+from priorkit.regularizers import ELR, PSKD
+from priorkit.sparsity import PDP
+from priorkit.train import Hook, TrainConfig, Trainer, load_checkpoint
+
+DATA = gaussian_mixture(300, num_classes=3, dim=6, seed=0)
+
+
+def _run(tmp, hooks_fn, stop=None, resume=False, epochs=6):
+    torch.manual_seed(0)
+    model = MLP(6, (16,), 3)
+    cfg = TrainConfig(
+        epochs=epochs, batch_size=32, lr=0.05, scheduler="cosine", ckpt_dir=str(tmp), stop_after_epoch=stop, seed=1
+    )
+    trainer = Trainer(model, DATA.train, hooks=hooks_fn(model), config=cfg)
+    trainer.fit(resume=resume)
+    return model, trainer
+
+
+HOOKS = {
+    "elr+pskd+shift": lambda m: [
+        Augment(lambda x: random_shift(x, 1), "shift"),
+        PSKD(len(DATA.train), 3),
+        ELR(len(DATA.train), 3),
+    ],
+    "pdp": lambda m: [PDP(m, 0.7, warmup_epochs=1, eps=0.4, tau=0.05, tau_mode="relative")],
+}
+
+
+@pytest.mark.parametrize("name", list(HOOKS))
+def test_resume_is_bit_identical(tmp_path, name):
+    full, ft = _run(tmp_path / "a", HOOKS[name])
+    _run(tmp_path / "b", HOOKS[name], stop=2)  # stops after epoch index 2, checkpoint at epoch 3
+    resumed, rt = _run(tmp_path / "b", HOOKS[name], resume=True)
+    for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert [h["loss"] for h in ft.history] == [h["loss"] for h in rt.history]
+    for h1, h2 in zip(ft.hooks, rt.hooks):
+        for k, v in h1.state_dict().items():
+            if isinstance(v, dict) and "table" in v:
+                assert torch.equal(v["table"], h2.state_dict()[k]["table"])
+
+
+def test_checkpoint_loads_weights_only(tmp_path):
+    _run(tmp_path, HOOKS["elr+pskd+shift"], epochs=2)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["epoch"] == 2 and set(state) >= {"model", "optimizer", "scheduler", "rng", "hooks"}
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == state["step"]
+
+
+def test_named_loss_terms_are_logged_separately(tmp_path):
+    _, trainer = _run(tmp_path, lambda m: [ELR(len(DATA.train), 3)], epochs=1)
+    rec = trainer.history[0]
+    assert {"ce", "elr", "loss"} <= set(rec) and rec["loss"] == pytest.approx(rec["ce"] + rec["elr"])
+
+
+class _NaN(Hook):
+    def extra_loss(self, trainer, batch):
+        return {"broken": batch.output.sum() * float("nan")}
+
+
+def test_nan_loss_stops_with_named_term(tmp_path):
+    with pytest.raises(NonFiniteLossError, match="broken=nan"):
+        _run(tmp_path, lambda m: [_NaN()], epochs=1)
+
+
+class _A(Hook):
+    conflicts = ("_B",)
+
+
+class _B(Hook):
+    pass
+
+
+def test_conflicting_hooks_refused():
+    with pytest.raises(ValueError, match="cannot be combined"):
+        Trainer(MLP(6, (4,), 3), DATA.train, hooks=[_A(), _B()])
+
+
+def test_resume_without_checkpoint_is_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        _run(tmp_path / "none", lambda m: [], resume=True)
