@@ -117,3 +117,29 @@ class ShardedBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return self.n // self.batch if self.drop_last else -(-self.n // self.batch)
+
+
+def _gloo_entry(rank: int, world: int, port: int, fn, args: tuple) -> None:  # noqa: ANN001
+    import torch.distributed as _dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    _dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        fn(rank, *args)
+    finally:
+        _dist.destroy_process_group()
+
+
+def run_gloo(fn, world_size: int, *args) -> None:  # noqa: ANN001
+    """Run ``fn(rank, *args)`` in ``world_size`` local processes joined by a gloo process group.
+
+    For tests and CPU checks of DDP equivalence; ``fn`` must be importable (a module-level function).
+    """
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_gloo_entry, args=(world_size, port, fn, args), nprocs=world_size, join=True)

@@ -1,24 +1,13 @@
 """A 2-process gloo run equals a 1-process run with the same global batch (DESIGN principle 8)."""
 
-import os
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from priorkit.data import gaussian_mixture
 from priorkit.models import MLP
 from priorkit.regularizers import ELR, PSKD
 from priorkit.train import TrainConfig, Trainer
-from priorkit.train.distributed import ShardedBatchSampler
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from priorkit.train.distributed import ShardedBatchSampler, run_gloo
 
 
 def _train(method: str, out: str | None = None):
@@ -36,20 +25,15 @@ def _train(method: str, out: str | None = None):
     return result
 
 
-def _worker(rank: int, world: int, port: int, method: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        _train(method, out if rank == 0 else None)
-    finally:
-        dist.destroy_process_group()
+def _worker(rank: int, method: str, out: str) -> None:
+    _train(method, out if rank == 0 else None)
 
 
 @pytest.mark.parametrize("method", ["elr", "pskd"])
 def test_two_process_run_equals_one_process(tmp_path, method):
     single = _train(method)
     out = str(tmp_path / "ddp.pt")
-    mp.spawn(_worker, args=(2, _free_port(), method, out), nprocs=2, join=True)
+    run_gloo(_worker, 2, method, out)
     multi = torch.load(out, weights_only=True)
     for k, v in single["model"].items():
         assert torch.allclose(v, multi["model"][k], atol=1e-6), k
