@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,6 +29,7 @@ def train_and_test(
     The model is built right after seeding with ``config.seed``, so method and baseline start from the same
     initial weights. With ``curve_every`` > 0 the test accuracy is recorded every that many epochs (and at the last).
     """
+    config = dataclasses.replace(config, progress=False)
     seed_everything(config.seed)
     model = make_model()
 

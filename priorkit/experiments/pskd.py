@@ -11,13 +11,16 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+import torch
+
 from priorkit.data import load_mnist1d
 from priorkit.data.augment import Augment, random_shift
 from priorkit.experiments._common import train_and_test
 from priorkit.experiments.base import Check, Experiment, SeedResult
+from priorkit.metrics import reliability
 from priorkit.models import MLP
 from priorkit.regularizers.pskd import PSKD
-from priorkit.train import TrainConfig
+from priorkit.train import TrainConfig, predict
 
 
 def run(seed: int, quick: bool) -> SeedResult:
@@ -35,22 +38,43 @@ def run(seed: int, quick: bool) -> SeedResult:
     )
     make = partial(MLP, 40, (256, 256), 10)
     shift = Augment(partial(random_shift, max_shift=2), name="shift")
-    _, base, _ = train_and_test(make, data.train, data.test, cfg, lambda m: [shift])
+    base_model, base, _ = train_and_test(make, data.train, data.test, cfg, lambda m: [shift])
     n = len(data.train)
-    _, meth, _ = train_and_test(make, data.train, data.test, cfg, lambda m: [shift, PSKD(n, 10, alpha_T=0.8)])
+    model, meth, _ = train_and_test(make, data.train, data.test, cfg, lambda m: [shift, PSKD(n, 10, alpha_T=0.8)])
+    curves = {}
+    for side, m in (("baseline", base_model), ("method", model)):
+        rel = reliability(predict(m, data.test), data.test.y)
+        curves[side] = {
+            "confidence": rel.confidence.tolist(),
+            "accuracy": rel.accuracy.tolist(),
+            "count": rel.count.tolist(),
+        }
     if not quick:
         for a in (0.4, 0.6):
             _, sweep, _ = train_and_test(
                 make, data.train, data.test, cfg, lambda m, a=a: [shift, PSKD(n, 10, alpha_T=a)]
             )
             meth.update({f"{k}@alpha_T={a}": v for k, v in sweep.items()})
-    return {"method": meth, "baseline": base}
+    return {"method": meth, "baseline": base, "curves": curves}
 
 
 def plot(results: list[SeedResult], outdir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(9, 2.8))
+    fig, axes = plt.subplots(1, 4, figsize=(12, 2.9))
+    ax = axes[3]
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
+    for side, label in (("baseline", "CE"), ("method", "PS-KD")):
+        conf = torch.tensor([r["curves"][side]["confidence"] for r in results])
+        acc = torch.tensor([r["curves"][side]["accuracy"] for r in results])
+        count = torch.tensor([r["curves"][side]["count"] for r in results])
+        keep = count.sum(0) > 0
+        w = count / count.sum(0).clamp_min(1)
+        ax.plot((conf * w).sum(0)[keep], (acc * w).sum(0)[keep], marker="o", ms=3, label=label)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title("reliability (15 bins, all seeds)")
+    ax.legend(fontsize=8)
     for ax, key in zip(axes, ("acc", "ece", "nll")):
         vals = [[r["baseline"][key] for r in results], [r["method"][key] for r in results]]
         ax.boxplot(vals, tick_labels=["CE", "PS-KD"])

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from priorkit.core.errors import PriorkitError, check_range
+from priorkit.core.errors import PriorkitError, check_range, check_shape
 from priorkit.regularizers._common import PerSampleMemory
 from priorkit.train.hooks import Batch, Hook
 
@@ -31,12 +31,14 @@ def clamped_softmax(logits: torch.Tensor, clamp: tuple[float, float] = (1e-4, 1 
 def elr_update(targets: torch.Tensor, probs: torch.Tensor, beta: float) -> torch.Tensor:
     """Temporal-ensemble step ``beta * T + (1 - beta) * p / sum(p)`` on detached, renormalised ``probs``."""
     check_range("beta", beta, 0.0, 1.0)
+    check_shape("probs", probs, list(targets.shape))
     p = probs.detach()
     return beta * targets + (1.0 - beta) * p / p.sum(dim=1, keepdim=True)
 
 
 def elr_regularizer(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """``mean_i log(1 - <T[i], p_i>)``; ``probs`` are the clamped softmax (carrying gradient)."""
+    check_shape("targets", targets, list(probs.shape))
     inner = (targets * probs).sum(dim=1)
     if not bool((inner < 1).all()):
         raise PriorkitError("ELR needs 1 - <t, p> > 0: clamp the probabilities (clamp=(1e-4, 1 - 1e-4))")

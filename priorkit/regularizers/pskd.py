@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from priorkit.core.errors import check_choice, check_positive_int, check_range
+from priorkit.core.errors import check_choice, check_positive_int, check_range, check_shape
 from priorkit.regularizers._common import PerSampleMemory
 from priorkit.train.hooks import Batch, Hook
 
@@ -39,12 +39,15 @@ def alpha_at(epoch: int, total_epochs: int, alpha_T: float = 0.8, schedule: str 
 def pskd_targets(y: torch.Tensor, past: torch.Tensor, alpha: float) -> torch.Tensor:
     """Soft targets ``(1 - alpha) * onehot(y) + alpha * past`` (rows stay on the simplex)."""
     check_range("alpha", alpha, 0.0, 1.0)
+    check_shape("past", past, [None, None])
+    check_shape("y", y, [past.shape[0]])
     onehot = F.one_hot(y, past.shape[1]).to(past.dtype)
     return (1.0 - alpha) * onehot + alpha * past
 
 
 def pskd_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Soft-target cross-entropy, summed over classes and averaged over the batch (equals CE at alpha=0)."""
+    check_shape("targets", targets, list(logits.shape))
     return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 

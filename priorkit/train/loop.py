@@ -50,7 +50,7 @@ class TrainConfig:
     grad_clip: float | None = None
     ckpt_dir: str | None = None
     ckpt_every: int = 1
-    progress: bool = False
+    progress: bool = True  # a bar on rank 0 when stderr is a terminal
     stop_after_epoch: int | None = None  # end the run early after this epoch (used to test resume)
 
     def __post_init__(self) -> None:
@@ -201,7 +201,7 @@ class Trainer:
         bar = tqdm(
             range(self.epoch, self.cfg.epochs),
             desc="train",
-            disable=not self.cfg.progress or D.rank() != 0,
+            disable=True if (not self.cfg.progress or D.rank() != 0) else None,
             initial=self.epoch,
             total=self.cfg.epochs,
         )

@@ -50,3 +50,8 @@ def test_bad_arguments():
         ELR(10, 2, beta=1.2)
     with pytest.raises(ValueError, match="clamp must satisfy"):
         ELR(10, 2, clamp=(0.0, 1.0))
+
+
+def test_wrong_shapes_are_named():
+    with pytest.raises(ValueError, match=r"targets must have shape \[3, 4\], got \[3, 5\]"):
+        elr_regularizer(torch.rand(3, 4), torch.rand(3, 5))

@@ -64,3 +64,10 @@ def test_bad_index_is_named():
     pskd = PSKD(10, 3)
     with pytest.raises(ValueError, match="does the dataset return its sample index"):
         pskd.memory.read(torch.tensor([12]))
+
+
+def test_wrong_shapes_are_named():
+    with pytest.raises(ValueError, match=r"y must have shape \[4\], got \[3\]"):
+        pskd_targets(torch.zeros(3, dtype=torch.long), torch.rand(4, 5), 0.5)
+    with pytest.raises(ValueError, match=r"targets must have shape \[2, 3\]"):
+        pskd_loss(torch.zeros(2, 3), torch.zeros(2, 4))
