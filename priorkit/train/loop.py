@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ class TrainConfig:
     ckpt_dir: str | None = None
     ckpt_every: int = 1
     progress: bool = True  # a bar on rank 0 when stderr is a terminal
+    device: str = "cpu"  # "cuda" puts each rank on cuda:LOCAL_RANK under torchrun
     stop_after_epoch: int | None = None  # end the run early after this epoch (used to test resume)
 
     def __post_init__(self) -> None:
@@ -116,17 +118,23 @@ class Trainer:
         self._check_conflicts()
         seed_everything(config.seed)
         D.init_from_env()
-        self.model = model
-        self.net: nn.Module = model
+        self.device = torch.device(config.device)
+        if self.device.type == "cuda" and D.is_dist():
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        self.model = model.to(self.device)
+        self.net: nn.Module = self.model
         if D.is_dist():
-            self.net = nn.parallel.DistributedDataParallel(model)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.train_data = train_data
         self.loss_fn = loss_fn
         self.eval_fn = eval_fn
         self._optimizer_factory = optimizer
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
-        self.sampler = ShardedBatchSamplerFor(train_data, config)
+        self.sampler = D.ShardedBatchSampler(
+            len(train_data), config.batch_size, drop_last=config.drop_last, seed=config.seed
+        )
         self.epoch = 0
         self.step = 0
         self.history: list[dict[str, float]] = []
@@ -165,11 +173,23 @@ class Trainer:
             "rng": rng_state(),
             "hooks": {f"{i}:{h.name}": h.state_dict() for i, h in enumerate(self.hooks)},
             "history": self.history,
-            "config": {k: v for k, v in dataclasses.asdict(self.cfg).items() if k != "stop_after_epoch"},
+            "config": self._config_record(),
         }
+
+    def _config_record(self) -> dict[str, Any]:
+        """The settings that decide the trajectory (a resumed run must use the same ones)."""
+        skip = {"stop_after_epoch", "progress", "ckpt_dir", "ckpt_every", "device"}
+        return {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in skip}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         assert self.optimizer is not None
+        mine = self._config_record()
+        diff = sorted(k for k in mine if k in state["config"] and state["config"][k] != mine[k])
+        if diff:
+            raise ValueError(
+                "the checkpoint was written with a different config: "
+                + ", ".join(f"{k}={state['config'][k]!r} (now {mine[k]!r})" for k in diff)
+            )
         keys = [f"{i}:{h.name}" for i, h in enumerate(self.hooks)]
         if sorted(keys) != sorted(state["hooks"]):
             raise ValueError(f"checkpoint hooks {sorted(state['hooks'])} differ from this run's {keys}")
@@ -224,10 +244,11 @@ class Trainer:
     def _batches(self, epoch: int):
         self.sampler.set_epoch(epoch)
         if isinstance(self.train_data, IndexedTensorDataset):  # fast path: no per-item collation
-            for idx in self.sampler:
-                yield self.train_data.batch(torch.as_tensor(idx, dtype=torch.long))
+            batches = (self.train_data.batch(torch.as_tensor(i, dtype=torch.long)) for i in self.sampler)
         else:
-            yield from DataLoader(self.train_data, batch_sampler=self.sampler)
+            batches = DataLoader(self.train_data, batch_sampler=self.sampler)
+        for x, y, index in batches:
+            yield x.to(self.device), y.to(self.device), index
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         assert self.optimizer is not None
@@ -279,15 +300,12 @@ class Trainer:
         return record
 
 
-def ShardedBatchSamplerFor(data: Dataset, cfg: TrainConfig) -> D.ShardedBatchSampler:  # noqa: N802
-    return D.ShardedBatchSampler(len(data), cfg.batch_size, drop_last=cfg.drop_last, seed=cfg.seed)
-
-
 @torch.no_grad()
 def predict(model: nn.Module, data: Dataset | torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Logits of ``model`` (in eval mode) on a dataset of ``(x, y, index)`` items or on a tensor of inputs."""
     was = model.training
     model.eval()
+    device = next(model.parameters()).device
     if isinstance(data, torch.Tensor):
         xs = data
     elif isinstance(data, IndexedTensorDataset):
@@ -297,9 +315,9 @@ def predict(model: nn.Module, data: Dataset | torch.Tensor, batch_size: int = 51
     outs = []
     if xs is not None:
         for s in range(0, len(xs), batch_size):
-            outs.append(model(xs[s : s + batch_size]))
+            outs.append(model(xs[s : s + batch_size].to(device)))
     else:
         for x, _, _ in DataLoader(data, batch_size=batch_size):
-            outs.append(model(x))
+            outs.append(model(x.to(device)))
     model.train(was)
     return torch.cat(outs)

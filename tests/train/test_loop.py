@@ -86,3 +86,11 @@ def test_conflicting_hooks_refused():
 def test_resume_without_checkpoint_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         _run(tmp_path / "none", lambda m: [], resume=True)
+
+
+def test_resume_with_a_different_config_is_refused(tmp_path):
+    _run(tmp_path, lambda m: [], epochs=2)
+    model = MLP(6, (16,), 3)
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.5, scheduler="cosine", ckpt_dir=str(tmp_path), seed=1)
+    with pytest.raises(ValueError, match=r"different config: lr=0.05 \(now 0.5\)"):
+        Trainer(model, DATA.train, config=cfg).fit(resume=True)
