@@ -8,12 +8,14 @@ margin) - never by hand.
 
 from __future__ import annotations
 
-import statistics
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from priorkit.core.errors import check_choice
 
@@ -72,11 +74,11 @@ class Experiment:
 
 
 def _stats(values: list[float]) -> dict[str, float]:
-    return {
-        "mean": float(statistics.fmean(values)),
-        "std": float(statistics.pstdev(values)) if len(values) > 1 else 0.0,
-        "n": len(values),
-    }
+    """Mean and population std over seeds (inf-safe: a metric may be infinite, e.g. a knee ratio)."""
+    v = np.asarray(values, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        std = float(v.std()) if len(v) > 1 else 0.0
+    return {"mean": float(v.mean()), "std": std if math.isfinite(std) else 0.0, "n": len(values)}
 
 
 def run_experiment(exp: Experiment, *, quick: bool, seeds: int | None = None, figdir: Path | None = None) -> dict:
