@@ -4,6 +4,11 @@ MLP 40-256-256-10, SGD lr 0.1 momentum 0.9 weight decay 5e-4, batch 128, step de
 of training, random shift +-2; full mode 100 epochs and 5 seeds (plus the alpha_T sweep 0.4/0.6), quick
 mode 40 epochs and 2 seeds. Claim (fixed before the first run): lower test ECE than CE (by at least 0.005)
 and accuracy no more than 0.5 points below CE.
+
+Measured: the full run reproduces (ECE 0.039 vs 0.047 at equal accuracy, 0.810 vs 0.809; alpha_T 0.4/0.6 give
+ECE 0.030); the quick run does not (40 epochs: CE is still under-fit and well calibrated, ECE 0.025, and the
+softened targets make PS-KD under-confident, ECE 0.062). PS-KD corrects over-confidence, which needs training
+long enough for the network to become over-confident.
 """
 
 from __future__ import annotations
