@@ -40,6 +40,18 @@ STATUS: dict[str, tuple[str, str, str]] = {
         "priorkit.sparsity.essential_sparsity",
         "IMP/LTH mask comparison, ERK random baseline and abrupt-sparsification tracking not built",
     ),
+    "teen": (
+        "implemented",
+        "priorkit.prototypes.teen",
+        "CIFAR-100/miniImageNet/CUB loaders and the ResNet-20/18 base-session schedules not built "
+        "(small backbones on digits/mnist1d/generated classes only)",
+    ),
+    "nb_vs_lr": (
+        "partial",
+        "priorkit.prototypes.nb_vs_lr",
+        "card part 3 (MiniLM sentence embeddings), the H-consistency bound calculator, pretrained-vision "
+        "feature extractors and feature diagnostics not built",
+    ),
 }
 
 
