@@ -52,6 +52,12 @@ STATUS: dict[str, tuple[str, str, str]] = {
         "card part 3 (MiniLM sentence embeddings), the H-consistency bound calculator, pretrained-vision "
         "feature extractors and feature diagnostics not built",
     ),
+    "protopnet": (
+        "partial",
+        "priorkit.prototypes.protopnet",
+        "from-scratch CPU check does not reproduce yet (quick: 0.37 vs 0.95 backbone; no pretrained backbone); "
+        "prototype pruning, duplicate merging, DDP push and checkpoint/resume of the stage driver not built",
+    ),
 }
 
 

@@ -27,14 +27,16 @@ def load_experiment(method_id: str) -> Experiment:
 
 
 def select_ids(ids: list[str] | None = None, family: str | None = None) -> list[str]:
-    """The ids to bench: the given ones (validated), else every built method (of ``family``) with an experiment."""
+    """The ids to bench: the given ones (validated), else every implemented method (of ``family``).
+
+    ``partial`` methods run only when named with ``--ids``."""
     if ids:
         for i in ids:
             get(i)
         return ids
     if family is not None and family not in FAMILIES:
         raise PriorkitError(f"family must be one of {list(FAMILIES)}, got {family!r}")
-    return [m.id for m in list_methods(family=family) if m.status != "planned" and has_experiment(m.id)]
+    return [m.id for m in list_methods(family=family, status="implemented") if has_experiment(m.id)]
 
 
 def run_bench(
