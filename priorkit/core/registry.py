@@ -58,6 +58,17 @@ STATUS: dict[str, tuple[str, str, str]] = {
         "from-scratch CPU check does not reproduce yet (quick: 0.37 vs 0.95 backbone; no pretrained backbone); "
         "prototype pruning, duplicate merging, DDP push and checkpoint/resume of the stage driver not built",
     ),
+    "slk": (
+        "partial",
+        "priorkit.prototypes.slk",
+        "experiment exists but its quick mode exceeds a minute and has no recorded result yet; "
+        "pretrained WRN/ResNet feature extractors not available (small backbones only)",
+    ),
+    "susana": (
+        "partial",
+        "priorkit.prototypes.susana",
+        "no experiment yet (CE vs CE+ProtoTriplet vs CE+ProtoTriplet+ICNN); no ResNet-12 pretraining",
+    ),
 }
 
 
