@@ -69,6 +69,12 @@ STATUS: dict[str, tuple[str, str, str]] = {
         "priorkit.prototypes.susana",
         "no experiment yet (CE vs CE+ProtoTriplet vs CE+ProtoTriplet+ICNN); no ResNet-12 pretraining",
     ),
+    "ins": (
+        "implemented",
+        "priorkit.prototypes.ins",
+        "WSI tiling/feature caching and the DSMIL/attention teacher heads not built; the small-scale claim does not "
+        "reproduce (SupCon collapse with a from-scratch MLP encoder, see the experiment docstring)",
+    ),
 }
 
 
