@@ -75,6 +75,18 @@ STATUS: dict[str, tuple[str, str, str]] = {
         "WSI tiling/feature caching and the DSMIL/attention teacher heads not built; the small-scale claim does not "
         "reproduce (SupCon collapse with a from-scratch MLP encoder, see the experiment docstring)",
     ),
+    "fopro": (
+        "implemented",
+        "priorkit.prototypes.fopro",
+        "pretrained B-CNN/ResNet-50 backbones (stand-in: MLP 64-128 from scratch), shuffle-BN under DDP, WebVision "
+        "class-frequency weighting, MoPro-style fine-tuning and TFRecord loaders not built; claim not reproduced",
+    ),
+    "tmv_hlp": (
+        "implemented",
+        "priorkit.prototypes.tmv_hlp",
+        "SVM/SVR projections replaced by logistic/ridge; hyperedge weighting and propagation variant unverified "
+        "(no official code); video features, zero-shot annotation and retrieval tasks not built; claim not reproduced",
+    ),
 }
 
 
