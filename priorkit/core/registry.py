@@ -87,6 +87,18 @@ STATUS: dict[str, tuple[str, str, str]] = {
         "SVM/SVR projections replaced by logistic/ridge; hyperedge weighting and propagation variant unverified "
         "(no official code); video features, zero-shot annotation and retrieval tasks not built; claim not reproduced",
     ),
+    "palm": (
+        "implemented",
+        "priorkit.prototypes.palm",
+        "unlabelled-ID variant, optional AMP step and ImageNet-100 fine-tuning not built; trains with its own loop "
+        "(no classifier), not as a Trainer hook",
+    ),
+    "protogcd": (
+        "implemented",
+        "priorkit.prototypes.protogcd",
+        "estimating K, partial ViT fine-tuning and multi-process training (refused: batch-level terms) not built; "
+        "the Old/New balance rule does not reproduce",
+    ),
 }
 
 
