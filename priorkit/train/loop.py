@@ -93,6 +93,9 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.
 class Trainer:
     """Train ``model`` on a dataset of ``(x, y, index)`` items with any number of hooks.
 
+    ``loss_fn=None`` drops the base cross-entropy, for methods whose hooks define the whole loss (e.g. a
+    prototype or contrastive objective without a classifier).
+
     Example::
 
         trainer = Trainer(model, train_set, hooks=[ELR(num_samples=len(train_set), num_classes=10)],
@@ -107,7 +110,7 @@ class Trainer:
         *,
         hooks: Sequence[Hook] = (),
         config: TrainConfig | dict[str, Any] | None = None,
-        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = soft_cross_entropy,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = soft_cross_entropy,
         optimizer: Callable[[Any], torch.optim.Optimizer] | None = None,
         eval_fn: Callable[[nn.Module, int], dict[str, float]] | None = None,
     ) -> None:
@@ -262,12 +265,14 @@ class Trainer:
             for h in self.hooks:
                 batch = h.transform_batch(self, batch)
             batch.output = self.net(batch.x)
-            terms = {"ce": self.loss_fn(batch.output, batch.target)}
+            terms = {"ce": self.loss_fn(batch.output, batch.target)} if self.loss_fn is not None else {}
             for h in self.hooks:
                 for k, v in h.extra_loss(self, batch).items():
                     if k in terms:
                         raise ValueError(f"loss term {k!r} of {h.name} is already defined by another part")
                     terms[k] = v
+            if not terms:
+                raise ValueError("no loss term: loss_fn=None needs a hook whose extra_loss returns a term")
             check_finite_losses(terms, self.step)
             loss = sum(terms.values())
             # Under DDP gradients are averaged over ranks; rescale so the result is the global-batch mean
