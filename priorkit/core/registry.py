@@ -99,6 +99,19 @@ STATUS: dict[str, tuple[str, str, str]] = {
         "estimating K, partial ViT fine-tuning and multi-process training (refused: batch-level terms) not built; "
         "the Old/New balance rule does not reproduce",
     ),
+    "robust_stable_cbc": (
+        "implemented",
+        "priorkit.prototypes.robust_stable_cbc",
+        "tangent-distance / affine-subspace components, a deep CNN variant with spatial pooling and AutoAttack "
+        "(a 20-step L2 PGD is used) not built",
+    ),
+    "prob_psenn": (
+        "partial",
+        "priorkit.prototypes.prob_psenn",
+        "objective reconstructed from the abstract per the card's ASSUMPTIONs (Gaussian prototypes, expected CE + "
+        "beta*KL to N(0, I), mutual information as explanatory uncertainty), all configurable; not checked against "
+        "the paper text; decoder visualisation only as decode_prototypes",
+    ),
 }
 
 
