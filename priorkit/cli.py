@@ -11,8 +11,22 @@ from priorkit.core.errors import PriorkitError
 from priorkit.core.registry import FAMILIES, STATUSES, get, list_methods
 
 
+def methods_markdown() -> str:
+    """The README's method table (every method that is not ``planned``), generated from the registry."""
+    lines = ["| id | family | status | what it is | not yet built |", "|---|---|---|---|---|"]
+    for m in list_methods():
+        if m.status != "planned":
+            lines.append(f"| `{m.id}` | {m.family} | {m.status} | {m.summary} | {m.missing} |")
+    planned = sum(m.status == "planned" for m in list_methods())
+    lines.append(f"\n{planned} more methods are `planned`: `priorkit list --status planned`.")
+    return "\n".join(lines)
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     rows = list_methods(family=args.family, status=args.status)
+    if args.markdown:
+        print(methods_markdown())
+        return 0
     if args.json:
         print(json.dumps([m.as_dict() for m in rows], indent=1))
         return 0
@@ -83,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     ls = sub.add_parser("list", help="the method table")
     ls.add_argument("--json", action="store_true")
+    ls.add_argument("--markdown", action="store_true", help="the README's table of built methods")
     ls.add_argument("--family", choices=FAMILIES)
     ls.add_argument("--status", choices=STATUSES)
     ls.set_defaults(fn=_cmd_list)
