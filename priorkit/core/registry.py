@@ -112,6 +112,18 @@ STATUS: dict[str, tuple[str, str, str]] = {
         "beta*KL to N(0, I), mutual information as explanatory uncertainty), all configurable; not checked against "
         "the paper text; decoder visualisation only as decode_prototypes",
     ),
+    "inp_former": (
+        "implemented",
+        "priorkit.prototypes.inp_former",
+        "DINOv2-reg ViT-B/14 encoder not used (stand-in: a conv auto-encoder pretrained on normal images); "
+        "MVTec/VisA/Real-IAD loaders, AUPRO and the 256-px map resize not built; claim not reproduced",
+    ),
+    "pros_gan": (
+        "implemented",
+        "priorkit.prototypes.pros_gan",
+        "MLP-scale generator/discriminator on flattened 8x8 digits only (224x224 conv G and PatchGAN D not built); "
+        "multi-label loaders, P2P baseline and transferability sweeps not built",
+    ),
 }
 
 
