@@ -52,6 +52,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from priorkit.report.bench import run_bench
 
+    _set_threads(args.threads)
     ids = [i.strip() for i in args.ids.split(",") if i.strip()] if args.ids else None
     results, paths = run_bench(ids, family=args.family, quick=args.quick, seeds=args.seeds, out=Path(args.out))
     for r in results:
@@ -69,6 +70,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from priorkit.report.bench import run_bench
 
     get(args.id)
+    _set_threads(args.threads)
     results, paths = run_bench(
         [args.id], quick=args.quick, seeds=1, out=Path(args.out or f"runs/{args.id}"), title=f"priorkit run {args.id}"
     )
@@ -79,6 +81,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"{args.id}: {r['metric']} method {r['method']['mean']:.4g} vs baseline {r['baseline']['mean']:.4g}")
     print(f"report: {paths['html'].resolve()}")
     return 0
+
+
+def _set_threads(n: int | None) -> None:
+    """Intra-op threads for the run (on a shared machine, 1 thread per process avoids oversubscription)."""
+    if n is None:
+        return
+    if n < 1:
+        raise PriorkitError(f"--threads must be >= 1, got {n}")
+    import torch
+
+    torch.set_num_threads(n)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -111,11 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--quick", action="store_true", help="small budgets: each experiment well under a minute")
     be.add_argument("--seeds", type=int, help="number of seeds (default: the experiment's own)")
     be.add_argument("--out", default="bench-out", help="output folder (default: bench-out)")
+    be.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
     be.set_defaults(fn=_cmd_bench)
     ru = sub.add_parser("run", help="train one method with its defaults and write a report for that run")
     ru.add_argument("id")
     ru.add_argument("--quick", action="store_true")
     ru.add_argument("--out")
+    ru.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
     ru.set_defaults(fn=_cmd_run)
     rp = sub.add_parser("report", help="re-render report.md/html from DIR/results.json")
     rp.add_argument("dir")
