@@ -124,6 +124,12 @@ STATUS: dict[str, tuple[str, str, str]] = {
         "MLP-scale generator/discriminator on flattened 8x8 digits only (224x224 conv G and PatchGAN D not built); "
         "multi-label loaders, P2P baseline and transferability sweeps not built",
     ),
+    "explaining_prototypes": (
+        "implemented",
+        "priorkit.prototypes.explaining_prototypes",
+        "redundancy analysis across prototypes not built; the texture denoiser works in RGB, not OpenCV's CIELAB; "
+        "quick run does not reproduce (under-trained Set A prototypes sit on background; Set B ProtoPNet at chance)",
+    ),
 }
 
 

@@ -155,7 +155,7 @@ class PartsData:
 # templates
 
 
-def _shape_coverage(shape: str, s: int, supersample: int = 4) -> np.ndarray:
+def shape_coverage(shape: str, s: int, supersample: int = 4) -> np.ndarray:
     """Anti-aliased coverage in [0, 1] of ``shape`` drawn in an ``s`` x ``s`` box, float32 [s, s]."""
     m = s * supersample
     c = (np.arange(m) + 0.5) / m * 2.0 - 1.0  # sample centres in [-1, 1]
@@ -197,7 +197,7 @@ def _texture(texture: str, s: int) -> np.ndarray:
 
 def _templates(s: int) -> tuple[np.ndarray, np.ndarray]:
     """Coverage [T, s, s] and texture factor [T, s, s] of every part type at side ``s``."""
-    cov = np.stack([_shape_coverage(t.shape, s) for t in PART_TYPES])
+    cov = np.stack([shape_coverage(t.shape, s) for t in PART_TYPES])
     tex = np.stack([_texture(t.texture, s) for t in PART_TYPES])
     return cov, tex
 

@@ -32,14 +32,14 @@ def _to_hwc(img: torch.Tensor):
     return img.permute(1, 2, 0).numpy(), None
 
 
-def _draw_box(ax, box: Sequence[int], color: str = "yellow", lw: float = 1.5) -> None:
+def draw_box(ax, box: Sequence[int], color: str = "yellow", lw: float = 1.5) -> None:
     from matplotlib.patches import Rectangle
 
     x0, y0, x1, y1 = (float(v) for v in box)
     ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=lw))
 
 
-def _show(ax, img: torch.Tensor) -> None:
+def show_image(ax, img: torch.Tensor) -> None:
     arr, cmap = _to_hwc(img)
     ax.imshow(arr, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks([])
@@ -90,13 +90,13 @@ def prototype_gallery(
                 a_crop.set_title(f"p{j}: not pushed", fontsize=6)
                 continue
             x0, y0, x1, y1 = push.high_act_box[j].tolist()
-            _show(a_crop, images[n][:, y0:y1, x0:x1])
+            show_image(a_crop, images[n][:, y0:y1, x0:x1])
             a_crop.axis("on")
             a_crop.set_title(f"p{j} d={float(push.distance[j]):.2g}", fontsize=6)
-            _show(a_src, images[n])
+            show_image(a_src, images[n])
             a_src.axis("on")
-            _draw_box(a_src, push.rf_box[j].tolist(), "cyan", 0.8)
-            _draw_box(a_src, (x0, y0, x1, y1))
+            draw_box(a_src, push.rf_box[j].tolist(), "cyan", 0.8)
+            draw_box(a_src, (x0, y0, x1, y1))
             a_src.set_title(f"img {n}", fontsize=6)
         name = class_names[c] if class_names is not None and c < len(class_names) else f"class {c}"
         axes[r, 0].set_ylabel(name, fontsize=7)
@@ -161,17 +161,17 @@ def this_looks_like_that(
     fig, axes = plt.subplots(k, 3, figsize=(6.0, 1.9 * k + 0.5), squeeze=False)
     for r, j in enumerate(top):
         a_img, a_proto, a_txt = axes[r]
-        _show(a_img, image)
+        show_image(a_img, image)
         hm = heat[j]
         hm = (hm - hm.min()) / (hm.max() - hm.min()).clamp_min(1e-12)
         a_img.imshow(hm.numpy(), cmap="jet", alpha=0.45, interpolation="bilinear")
-        _draw_box(a_img, high_activation_box(heat[j], percentile))
+        draw_box(a_img, high_activation_box(heat[j], percentile))
         a_img.set_title("this (test image)" if r == 0 else "", fontsize=7)
         n = int(push.image_index[j])
         if n >= 0:
             x0, y0, x1, y1 = push.high_act_box[j].tolist()
-            _show(a_proto, push_images[n])
-            _draw_box(a_proto, (x0, y0, x1, y1))
+            show_image(a_proto, push_images[n])
+            draw_box(a_proto, (x0, y0, x1, y1))
             a_proto.set_title("looks like that (prototype)" if r == 0 else "", fontsize=7)
         else:
             a_proto.axis("off")
