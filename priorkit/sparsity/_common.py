@@ -35,14 +35,26 @@ def exclude_last_linear(model: nn.Module) -> Callable[[str, nn.Module], bool]:
     return lambda name, _m: name not in last
 
 
+def smallest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of exactly ``k`` entries of the 1-D ``scores`` with the smallest values.
+
+    O(n) via ``kthvalue`` (no full sort); ties at the k-th value are broken by position (lowest index first).
+    """
+    out = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    if k <= 0:
+        return out
+    v = torch.kthvalue(scores, k).values
+    out = scores < v
+    ties = torch.nonzero(scores == v).flatten()
+    out[ties[: k - int(out.sum())]] = True
+    return out
+
+
 def magnitude_keep_mask(w: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Keep-mask with exactly ``floor(sparsity * n)`` zeros at the smallest ``|w|`` (ties by position)."""
     check_sparsity("sparsity", sparsity)
     k = math.floor(sparsity * w.numel())
-    mask = torch.ones(w.numel(), dtype=torch.bool, device=w.device)
-    if k:
-        mask[torch.argsort(w.detach().abs().flatten(), stable=True)[:k]] = False
-    return mask.view_as(w)
+    return (~smallest_k(w.detach().abs().flatten(), k)).view_as(w)
 
 
 def global_magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
@@ -51,10 +63,7 @@ def global_magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float) ->
     if not weights:
         raise PriorkitError("weights must hold at least one tensor")
     flat = torch.cat([w.detach().abs().flatten() for w in weights.values()])
-    keep = torch.ones(flat.numel(), dtype=torch.bool)
-    k = math.floor(sparsity * flat.numel())
-    if k:
-        keep[torch.argsort(flat, stable=True)[:k]] = False
+    keep = ~smallest_k(flat, math.floor(sparsity * flat.numel()))
     out, start = {}, 0
     for name, w in weights.items():
         out[name] = keep[start : start + w.numel()].view_as(w)

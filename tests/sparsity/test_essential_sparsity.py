@@ -80,3 +80,14 @@ def test_minilm_block_linears_exact_count():
     assert sum(int((m.weight == 0).sum()) for m in layers.values()) == int(0.3 * total)
     emb = pruned.encode(["a small test sentence"])
     assert emb.shape == (1, 384)
+
+
+def test_smallest_k_matches_stable_argsort_with_ties():
+    from priorkit.sparsity._common import smallest_k
+
+    g = torch.Generator().manual_seed(3)
+    scores = torch.randint(0, 5, (200,), generator=g).float()
+    for k in (0, 1, 37, 100, 200):
+        ref = torch.zeros(200, dtype=torch.bool)
+        ref[torch.argsort(scores, stable=True)[:k]] = True
+        assert torch.equal(smallest_k(scores, k), ref)
