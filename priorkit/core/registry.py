@@ -130,6 +130,18 @@ STATUS: dict[str, tuple[str, str, str]] = {
         "redundancy analysis across prototypes not built; the texture denoiser works in RGB, not OpenCV's CIELAB; "
         "quick run does not reproduce (under-trained Set A prototypes sit on background; Set B ProtoPNet at chance)",
     ),
+    "st_protopnet": (
+        "implemented",
+        "priorkit.prototypes.st_protopnet",
+        "projection-metric (TesNet) and L2 distance variants, IoU/content-heatmap/deletion-AUC metrics, single-branch "
+        "arms and DDP push not built; the support-vs-trivial geometry rule does not reproduce",
+    ),
+    "eval_protopnet": (
+        "implemented",
+        "priorkit.prototypes.eval_protopnet",
+        "CUB parts evaluation run, nine-backbone study, DDP-sharded metric evaluation and shallow-layer presets not "
+        "built; quick run: consistency rule passes, stability fails (full run, 3 seeds outside bench: both pass)",
+    ),
 }
 
 

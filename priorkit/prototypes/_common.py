@@ -167,7 +167,7 @@ def init_last_layer(weight: torch.Tensor, identity: torch.Tensor, incorrect: flo
     return weight
 
 
-def _membership(labels: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+def class_membership(labels: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
     """bool [B, M]: prototype j belongs to the class of sample i."""
     check_shape("identity", identity, (None, None))
     check_shape("labels", labels, (None,))
@@ -205,7 +205,7 @@ def cluster_cost(
     """Clst = mean_i min_{j: class(j) = y_i} d_ij. ``official=True`` uses the repo's max_dist trick
     (``max_dist`` = D*h1*w1) for bit-compatibility; it is only a masked min while d <= max_dist."""
     check_shape("min_distances", min_distances, (None, identity.shape[0]))
-    mask = _membership(labels, identity)
+    mask = class_membership(labels, identity)
     if official:
         if max_dist is None:
             raise PriorkitError("max_dist (D*h1*w1) is required with official=True")
@@ -223,7 +223,7 @@ def separation_cost(
 ) -> torch.Tensor:
     """Sep = mean_i min_{j: class(j) != y_i} d_ij (it enters the loss with a negative coefficient)."""
     check_shape("min_distances", min_distances, (None, identity.shape[0]))
-    mask = ~_membership(labels, identity)
+    mask = ~class_membership(labels, identity)
     if official:
         if max_dist is None:
             raise PriorkitError("max_dist (D*h1*w1) is required with official=True")
@@ -234,7 +234,7 @@ def separation_cost(
 def avg_separation_cost(min_distances: torch.Tensor, labels: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
     """Mean distance to all wrong-class prototypes (logged by ProtoPNet, not used in its loss)."""
     check_shape("min_distances", min_distances, (None, identity.shape[0]))
-    mask = (~_membership(labels, identity)).to(min_distances.dtype)
+    mask = (~class_membership(labels, identity)).to(min_distances.dtype)
     return ((min_distances * mask).sum(1) / mask.sum(1).clamp_min(1.0)).mean()
 
 
