@@ -59,15 +59,16 @@ STATUS: dict[str, tuple[str, str, str]] = {
         "prototype pruning, duplicate merging, DDP push and checkpoint/resume of the stage driver not built",
     ),
     "slk": (
-        "partial",
+        "implemented",
         "priorkit.prototypes.slk",
-        "experiment exists but its quick mode exceeds a minute and has no recorded result yet; "
-        "pretrained WRN/ResNet feature extractors not available (small backbones only)",
+        "pretrained WRN/ResNet feature extractors not available (small backbones only); the 1-shot gain over "
+        "SimpleShot does not reproduce on MLP features of novel digits",
     ),
     "susana": (
-        "partial",
+        "implemented",
         "priorkit.prototypes.susana",
-        "no experiment yet (CE vs CE+ProtoTriplet vs CE+ProtoTriplet+ICNN); no ResNet-12 pretraining",
+        "no ResNet-12 pretraining / FEAT-style trainer (plain episodic loop); not a Trainer hook (episodes); "
+        "quick run does not reproduce, full mode not yet run",
     ),
     "ins": (
         "implemented",
