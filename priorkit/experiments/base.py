@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from priorkit.core.errors import check_choice
 
@@ -70,7 +71,8 @@ class Experiment:
     quick_seeds: int = 2
     plot: Callable[[list[SeedResult], Path], list[Path]] | None = None
     notes: str = ""
-    metric_direction: dict[str, str] = field(default_factory=dict)
+    #: torch intra-op threads while this experiment runs (None: leave as is); tiny models run fastest on 1
+    threads: int | None = None
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -85,7 +87,13 @@ def run_experiment(exp: Experiment, *, quick: bool, seeds: int | None = None, fi
     """Run ``exp`` over seeds ``0..n-1`` and return the result record of ``results.json``."""
     n = seeds if seeds is not None else (exp.quick_seeds if quick else exp.seeds)
     start = time.perf_counter()
-    per_seed = [exp.run(seed, quick) for seed in range(n)]
+    threads = torch.get_num_threads()
+    if exp.threads is not None:
+        torch.set_num_threads(exp.threads)
+    try:
+        per_seed = [exp.run(seed, quick) for seed in range(n)]
+    finally:
+        torch.set_num_threads(threads)
     seconds = time.perf_counter() - start
     metrics = {side: sorted({k for r in per_seed for k in r[side]}) for side in ("method", "baseline")}
     agg = {

@@ -106,15 +106,6 @@ def run_baseline(seed: int, shots: int = 5, web_size: int = 1200, **kw) -> float
 
 
 def run(seed: int, quick: bool) -> SeedResult:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny MLP: one thread is fastest and avoids contention on a loaded machine
-    try:
-        return _run(seed, quick)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run(seed: int, quick: bool) -> SeedResult:
     kw = dict(QUICK, web_size=800) if quick else {}
     acc, acc_proto = run_fopro(seed, **kw)
     method = {"acc": acc, "acc_prototype": acc_proto}
@@ -140,6 +131,7 @@ EXPERIMENT = Experiment(
     baseline_name="cross-entropy on web + few-shot",
     checks=[Check("acc", "higher", 0.05)],
     run=run,
+    threads=1,
     seeds=3,
     quick_seeds=1,
 )

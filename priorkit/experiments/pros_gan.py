@@ -69,16 +69,6 @@ def _gan_attack(hash_model, data, targets, *, rec_weight, steps, epochs, seed):
 
 
 def run(seed: int, quick: bool) -> SeedResult:
-    # one intra-op thread: on a shared 2-core machine, torch's default OpenMP threads made this 20x slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _run(seed, quick)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run(seed: int, quick: bool) -> SeedResult:
     data = load_digits(seed=seed)
     steps, epochs = (600, 12) if quick else (3000, 30)
     seed_everything(seed)
@@ -147,6 +137,7 @@ EXPERIMENT = Experiment(
         Check("log10_ms_per_query", "lower", 1.0),
     ],
     run=run,
+    threads=1,
     seeds=3,
     quick_seeds=2,
     plot=plot,

@@ -72,15 +72,6 @@ def _evaluate(backbone: MLP, data, alpha: float) -> dict[str, float]:
 
 
 def run(seed: int, quick: bool) -> SeedResult:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny MLP: one thread is fastest, and avoids contention on a loaded machine
-    try:
-        return _run(seed, quick)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run(seed: int, quick: bool) -> SeedResult:
     data = load_incremental("digits", base_classes=6, way=2, shot=5, seed=seed)
     seed_everything(seed)
     backbone = MLP(64, (128, 64), 6)
@@ -141,6 +132,7 @@ EXPERIMENT = Experiment(
         Check("base_acc_last", "higher", -0.01),
     ],
     run=run,
+    threads=1,
     seeds=5,
     quick_seeds=2,
     plot=plot,
