@@ -53,10 +53,10 @@ STATUS: dict[str, tuple[str, str, str]] = {
         "(card: later); MiniLM part 3 runs but its templated topics are too easy (both probes ~0 error)",
     ),
     "protopnet": (
-        "partial",
+        "implemented",
         "priorkit.prototypes.protopnet",
-        "from-scratch CPU check does not reproduce yet (quick: 0.37 vs 0.95 backbone; no pretrained backbone); "
-        "prototype pruning, duplicate merging, DDP push and checkpoint/resume of the stage driver not built",
+        "prototype pruning, duplicate merging, DDP push and checkpoint/resume of the stage driver not built (card: "
+        "can wait); reproduces in full mode only (quick: under-trained before push, 0.37 vs 0.95)",
     ),
     "slk": (
         "implemented",
@@ -107,7 +107,7 @@ STATUS: dict[str, tuple[str, str, str]] = {
         "(a 20-step L2 PGD is used) not built",
     ),
     "prob_psenn": (
-        "partial",
+        "implemented",
         "priorkit.prototypes.prob_psenn",
         "objective reconstructed from the abstract per the card's ASSUMPTIONs (Gaussian prototypes, expected CE + "
         "beta*KL to N(0, I), mutual information as explanatory uncertainty), all configurable; not checked against "
