@@ -38,7 +38,14 @@ from priorkit.core.seeding import seed_everything
 from priorkit.data import load_digits
 from priorkit.experiments.base import Check, Experiment, SeedResult
 from priorkit.metrics import auroc
-from priorkit.prototypes.prob_psenn import ProbPSENN, PSENNLossConfig, PSENNTrainConfig, train_psenn
+from priorkit.prototypes.prob_psenn import (
+    ProbPSENN,
+    PSENNLossConfig,
+    PSENNTrainConfig,
+    class_min_logits,
+    train_psenn,
+    uncertainty_decomposition,
+)
 
 #: KL weight (per data set, i.e. KL / N per sample): 0.01 makes the KL term about 1e-3 of the CE term, as the
 #: card suggests (beta = 1, the plain ELBO, makes it about 0.1 of it).
@@ -129,10 +136,143 @@ def _run(seed: int, quick: bool) -> SeedResult:
             for key, f in scores.items():
                 r[f"auroc_{key}_{name}"] = auroc(f(clean), f(u))
         res[side] = r
-        curves[side] = {"loss": [sum(h.values()) for h in hist]}
+        curves[side] = {"loss": [sum(h.values()) for h in hist], "viz": _viz_data(model, xt, yt, clean, seed)}
     m, b = res["method"], res["baseline"]
     m["mi_minus_msp_best"] = max(m[f"auroc_mi_{k}"] - b[f"auroc_msp_{k}"] for k in ("permuted", "patches"))
     return {"method": m, "baseline": b, "curves": curves}
+
+
+def _rounded(t: torch.Tensor) -> list:
+    return t.detach().double().round(decimals=4).tolist()
+
+
+@torch.no_grad()
+def _viz_data(model: ProbPSENN, xt: torch.Tensor, yt: torch.Tensor, clean: dict, seed: int) -> dict:
+    """What the figures need (JSON lists), from a generator of its own (the metrics' random streams are
+    untouched): decoded prototype means [m, 64], 3 decoded samples [3, m, 64] and the per-pixel std over 30
+    decoded samples; for 3 test images (the most certain correct one, the correct one with the largest
+    explanation entropy, the first misclassified one) the image, label, MC predictive and per-sample
+    distances to every prototype [S, 3, m]."""
+    g = torch.Generator().manual_seed(seed + 2)
+    pred = clean["predictive"].argmax(1)
+    ee = clean["explanation_entropy"]
+    ok = torch.nonzero(pred == yt).flatten()
+    picks = [int(ok[ee[ok].argmin()]), int(ok[ee[ok].argmax()])] if len(ok) else []
+    wrong = torch.nonzero(pred != yt).flatten().tolist()
+    picks += wrong[:1] if wrong else ([int(ok[len(ok) // 2])] if len(ok) else [])
+    s = 50 if model.prototypes.probabilistic else 1
+    out = model(xt[picks], s, generator=g)
+    samples = model.decode_prototypes(30 if model.prototypes.probabilistic else 1, generator=g)
+    return {
+        "labels_proto": model.prototype_labels.tolist(),
+        "mean": _rounded(model.decoder(model.prototypes.mu)),
+        "samples": _rounded(samples[:3]),
+        "std": _rounded(samples.std(0) if len(samples) > 1 else torch.zeros_like(samples[0])),
+        "sigma": _rounded(model.prototypes.sigma.mean(1)),
+        "images": _rounded(xt[picks]),
+        "labels": yt[picks].tolist(),
+        "predictive": _rounded(out["log_predictive"].exp()),
+        "distances": _rounded(out["distances"]),
+    }
+
+
+def _plot_gallery(results: list[SeedResult], outdir: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from priorkit.prototypes.viz import show_image
+
+    viz, base = results[0]["curves"]["method"]["viz"], results[0]["curves"]["baseline"]["viz"]
+    labels = viz["labels_proto"]
+    m = len(labels)
+    std = torch.tensor(viz["std"])
+    smax = max(float(std.max()), 1e-6)
+    rows = [("mean", viz["mean"]), *((f"sample {i + 1}", s) for i, s in enumerate(viz["samples"]))]
+    rows += [(f"pixel std\n(0..{smax:.2f})", None), ("PSENN\n(determ.)", base["mean"])]
+    fig, axes = plt.subplots(len(rows), m, figsize=(0.72 * m + 0.8, 0.82 * len(rows) + 0.9), squeeze=False)
+    for r, (name, imgs) in enumerate(rows):
+        for j in range(m):
+            ax = axes[r, j]
+            if imgs is None:
+                ax.imshow(std[j].view(8, 8).numpy(), cmap="magma", vmin=0, vmax=smax, interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+            else:
+                show_image(ax, torch.tensor(imgs[j]).view(1, 8, 8))
+            if r == 0:
+                ax.set_title(f"p{j} cls {labels[j]}\n\u03c3\u0304={viz['sigma'][j]:.3f}", fontsize=6)
+            if j == 0:
+                ax.set_ylabel(name, fontsize=6.5)
+    fig.suptitle(
+        "Prob-PSENN prototype distributions, seed 0: decoded mean, 3 decoded samples, per-pixel std over 30 "
+        "decoded samples (\u03c3\u0304: mean latent std); last row: the deterministic PSENN's prototypes",
+        fontsize=7.5,
+    )
+    fig.tight_layout()
+    path = outdir / "prob_psenn_prototypes.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _plot_explanations(results: list[SeedResult], outdir: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from priorkit.prototypes.viz import draw_box, show_image
+
+    viz = results[0]["curves"]["method"]["viz"]
+    labels = torch.tensor(viz["labels_proto"])
+    dist = torch.tensor(viz["distances"])  # [S, B, m]
+    pred_p = torch.tensor(viz["predictive"])  # [B, C]
+    s, n, m = dist.shape
+    nearest = torch.nn.functional.one_hot(dist.argmin(-1), m).float().mean(0)  # [B, m]: P(nearest) over samples
+    ent = -(nearest * nearest.clamp_min(1e-30).log()).sum(-1)
+    logp = torch.log_softmax(class_min_logits(dist, labels, 10), -1)  # [S, B, C]
+    mi = uncertainty_decomposition(logp)["mi"]
+    fig, axes = plt.subplots(n, 4, figsize=(8.8, 2.1 * n + 0.5), squeeze=False)
+    for i in range(n):
+        pred, y = int(pred_p[i].argmax()), viz["labels"][i]
+        ax = axes[i, 0]
+        show_image(ax, torch.tensor(viz["images"][i]).view(1, 8, 8))
+        draw_box(ax, (0, 0, 8, 8), "lime" if pred == y else "red", 2.0)
+        ax.set_title(
+            f"test: true {y}, pred {pred} (p={float(pred_p[i, pred]):.2f})\n"
+            f"expl. entropy {abs(float(ent[i])):.2f} nats, MI {float(mi[i]):.3f}",
+            fontsize=6.5,
+        )
+        # contribution to the predicted logit -min_{j in P_c} d_j: the class's prototype that is the minimum, per
+        # sample; ranked by how often each prototype is that minimum, ties by mean distance
+        own = labels == pred
+        d_own = dist[:, i].masked_fill(~own, float("inf"))
+        win = torch.nn.functional.one_hot(d_own.argmin(-1), m).float()  # [S, m]
+        contrib = -(win * dist[:, i]).sum(0) / win.sum(0).clamp_min(1)  # mean -d_j when it decides the logit
+        share = win.mean(0)
+        order = sorted(range(m), key=lambda j: (-float(share[j]), float(dist[:, i, j].mean())))[:3]
+        for c, j in enumerate(order):
+            ax = axes[i, c + 1]
+            show_image(ax, torch.tensor(viz["mean"][j]).view(1, 8, 8))
+            dj = dist[:, i, j]
+            ax.set_title(
+                f"p{j} (cls {int(labels[j])}): dist {float(dj.mean()):.2f}\u00b1{float(dj.std()):.2f}\n"
+                f"sim exp(-d) {float(torch.exp(-dj).mean()):.2f}, P(nearest) {float(nearest[i, j]):.2f}\n"
+                + (
+                    f"weight {float(share[j]):.2f}, contrib {float(contrib[j] * share[j]):+.2f}"
+                    if share[j] > 0
+                    else "weight 0 (not the predicted\nclass's nearest): contrib 0"
+                ),
+                fontsize=6,
+            )
+    fig.suptitle(
+        f"Prob-PSENN, seed 0, {s} prototype samples: this looks like that. Logit_c = -min distance over class c's "
+        "prototypes; weight = share of samples in which the prototype is that minimum for the predicted class, "
+        "contrib = weight x mean(-d); P(nearest) and its entropy = explanation uncertainty",
+        fontsize=6.5,
+        wrap=True,
+    )
+    fig.tight_layout()
+    path = outdir / "prob_psenn_explanations.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def plot(results: list[SeedResult], outdir: Path) -> list[Path]:
@@ -155,7 +295,10 @@ def plot(results: list[SeedResult], outdir: Path) -> list[Path]:
     path = outdir / "prob_psenn_auroc.png"
     fig.savefig(path, dpi=90)
     plt.close(fig)
-    return [path]
+    paths = [path]
+    if "viz" in results[0]["curves"].get("method", {}):
+        paths += [_plot_gallery(results, outdir), _plot_explanations(results, outdir)]
+    return paths
 
 
 EXPERIMENT = Experiment(

@@ -37,6 +37,8 @@ from priorkit.prototypes.robust_stable_cbc import (
     RobustStableCBC,
     StableCBC,
     certified_accuracy,
+    component_distances,
+    detection_probability,
     median_init_sigma,
     pgd_l2,
     train_cbc,
@@ -90,9 +92,154 @@ def _run(seed: int, quick: bool) -> SeedResult:
         results[side] = _evaluate(model, xt, yt)
         with torch.no_grad():
             curves[side]["radius"] = model.certified_radius(xt, yt).tolist()
+        if isinstance(model, StableCBC):
+            curves[side]["viz"] = _viz_data(model, xt, yt)
     if "orig" in results:
         results["baseline"].update({f"orig_{k}": v for k, v in results.pop("orig").items()})
     return {"method": results["method"], "baseline": results["baseline"], "curves": curves}
+
+
+def _rounded(t: torch.Tensor) -> list:
+    return t.detach().double().round(decimals=4).tolist()
+
+
+@torch.no_grad()
+def _viz_data(model: StableCBC, xt: torch.Tensor, yt: torch.Tensor) -> dict:
+    """What the figures need (JSON lists): components [K, 64], joint reasoning [2K, R], sigma [K], and 3 test
+    images (two correct ones of different classes, plus the first misclassified one if any) with labels."""
+    pred = model(xt).argmax(1)
+    ok = torch.nonzero(pred == yt).flatten().tolist()
+    picks = ok[:1] + [i for i in ok if int(yt[i]) != int(yt[ok[0]])][:1] if ok else []
+    wrong = torch.nonzero(pred != yt).flatten().tolist()
+    picks += wrong[:1] if wrong else ok[2:3]
+    return {
+        "components": _rounded(model.components),
+        "reasoning": _rounded(model.reasoning),
+        "sigma": _rounded(model.sigma.expand(model.components.shape[0])),
+        "images": _rounded(xt[picks]),
+        "labels": yt[picks].tolist(),
+    }
+
+
+def _explain(viz: dict) -> dict[str, torch.Tensor]:
+    """Detections, winning concept and per-component contributions ``d_k r+_k + (1 - d_k) r-_k`` (the
+    stable CBC's ``p_c`` is exactly their sum) for the stored test images."""
+    comps, reasoning = torch.tensor(viz["components"]), torch.tensor(viz["reasoning"])
+    k = comps.shape[0]
+    x = torch.tensor(viz["images"])
+    det = detection_probability(component_distances(x, comps), torch.tensor(viz["sigma"]))  # [B, K]
+    pos, neg = reasoning[:k], reasoning[k:]
+    concepts = det @ (pos - neg) + neg.sum(0)  # [B, R]
+    per_class = len(concepts[0]) // 10
+    scores = concepts.view(len(x), 10, per_class)
+    pred = scores.max(2).values.argmax(1)
+    concept = pred * per_class + scores[torch.arange(len(x)), pred].argmax(1)
+    contrib = det * pos[:, concept].T + (1 - det) * neg[:, concept].T  # [B, K]
+    return {
+        "det": det,
+        "pred": pred,
+        "concept": concept,
+        "contrib": contrib,
+        "score": concepts.gather(1, concept[:, None])[:, 0],
+    }
+
+
+def _class_support(reasoning: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per component and class the largest positive / negative reasoning probability over the class's concepts."""
+    k, r = reasoning.shape[0] // 2, reasoning.shape[1]
+    pos = reasoning[:k].view(k, 10, r // 10).amax(2)
+    neg = reasoning[k:].view(k, 10, r // 10).amax(2)
+    return pos, neg
+
+
+def _plot_gallery(results: list[SeedResult], outdir: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from priorkit.prototypes.viz import show_image
+
+    sides = [(s, n) for s, n in (("method", "robust stable CBC"), ("baseline", "stable CBC (margin)"))
+             if "viz" in results[0]["curves"].get(s, {})]  # fmt: skip
+    k = len(results[0]["curves"][sides[0][0]]["viz"]["components"])
+    cols = 10
+    rows_per = -(-k // cols)
+    fig = plt.figure(figsize=(13, 2.05 * rows_per * len(sides) + 3.2))
+    gs = fig.add_gridspec(rows_per * len(sides) + 1, cols, height_ratios=[1.0] * (rows_per * len(sides)) + [1.6])
+    thr = 1.0 / (2 * k)  # the uniform joint reasoning probability
+    for si, (side, name) in enumerate(sides):
+        viz = results[0]["curves"][side]["viz"]
+        reasoning = torch.tensor(viz["reasoning"])
+        pos, neg = _class_support(reasoning)
+        for j, comp in enumerate(torch.tensor(viz["components"])):
+            ax = fig.add_subplot(gs[si * rows_per + j // cols, j % cols])
+            show_image(ax, comp.view(1, 8, 8))
+            plus = ",".join(str(c) for c in torch.nonzero(pos[j] > 2 * thr).flatten().tolist()) or "-"
+            minus = ",".join(str(c) for c in torch.nonzero(neg[j] > 2 * thr).flatten().tolist()) or "-"
+            ax.set_title(f"c{j} \u03c3={viz['sigma'][j]:.2f}\n+[{plus}]\n\u2212[{minus}]", fontsize=6.5)
+            if j % cols == 0:
+                ax.set_ylabel(name, fontsize=7)
+    # reasoning matrix of the method: signed net requiredness per component and class (r+ - r-, max-|.| concept)
+    viz = results[0]["curves"][sides[0][0]]["viz"]
+    reasoning = torch.tensor(viz["reasoning"])
+    pos, neg = _class_support(reasoning)
+    ax = fig.add_subplot(gs[-1, 1:-1])
+    net = (pos - neg).T
+    lim = float(net.abs().max())
+    im = ax.imshow(net.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_xticks(range(k), [f"c{j}" for j in range(k)], fontsize=6)
+    ax.set_yticks(range(10), [str(c) for c in range(10)], fontsize=6)
+    ax.set_ylabel("class", fontsize=7)
+    ax.set_title(f"{sides[0][1]}: max r+ minus max r\u2212 over the class's concepts (red: detection supports the "
+                 f"class, blue: absence required)", fontsize=7)  # fmt: skip
+    fig.colorbar(im, ax=ax, fraction=0.02)
+    fig.suptitle(
+        f"Components (8x8, seed 0). +[..]: classes with positive reasoning prob > {2 * thr:.3f} (2x uniform), "
+        f"\u2212[..]: classes that need the component absent",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    path = outdir / "robust_stable_cbc_components.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _plot_explanations(results: list[SeedResult], outdir: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from priorkit.prototypes.viz import draw_box, show_image
+
+    viz = results[0]["curves"]["method"]["viz"]
+    ex = _explain(viz)
+    comps, reasoning = torch.tensor(viz["components"]), torch.tensor(viz["reasoning"])
+    k = comps.shape[0]
+    n = len(viz["labels"])
+    fig, axes = plt.subplots(n, 4, figsize=(8.6, 2.0 * n + 0.5), squeeze=False)
+    for i in range(n):
+        pred, concept, y = int(ex["pred"][i]), int(ex["concept"][i]), viz["labels"][i]
+        ax = axes[i, 0]
+        show_image(ax, torch.tensor(viz["images"][i]).view(1, 8, 8))
+        draw_box(ax, (0, 0, 8, 8), "lime" if pred == y else "red", 2.0)
+        ax.set_title(f"test: true {y}, pred {pred}\np={float(ex['score'][i]):.3f} (concept {concept})", fontsize=7)
+        top = ex["contrib"][i].argsort(descending=True)[:3].tolist()
+        for c, j in enumerate(top):
+            ax = axes[i, c + 1]
+            show_image(ax, comps[j].view(1, 8, 8))
+            d, rp, rn = float(ex["det"][i, j]), float(reasoning[j, concept]), float(reasoning[k + j, concept])
+            ax.set_title(
+                f"c{j}: detection {d:.2f}\nr+ {rp:.3f}, r\u2212 {rn:.3f}\ncontrib {float(ex['contrib'][i, j]):.3f}"
+                f" ({'present' if rp * d >= rn * (1 - d) else 'absent'})",
+                fontsize=6.5,
+            )
+    fig.suptitle(
+        "Robust stable CBC, seed 0: this looks like that. Top-3 components by contribution to the predicted class "
+        "p_c = sum_k d_k r+_k + (1 - d_k) r\u2212_k",
+        fontsize=7.5,
+    )
+    fig.tight_layout()
+    path = outdir / "robust_stable_cbc_explanations.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def plot(results: list[SeedResult], outdir: Path) -> list[Path]:
@@ -115,7 +262,10 @@ def plot(results: list[SeedResult], outdir: Path) -> list[Path]:
     path = outdir / "robust_stable_cbc_certified.png"
     fig.savefig(path, dpi=90)
     plt.close(fig)
-    return [path]
+    paths = [path]
+    if "viz" in results[0]["curves"].get("method", {}):
+        paths += [_plot_gallery(results, outdir), _plot_explanations(results, outdir)]
+    return paths
 
 
 EXPERIMENT = Experiment(
