@@ -91,16 +91,6 @@ def make_model(probabilistic: bool, seed: int) -> ProbPSENN:
 
 
 def run(seed: int, quick: bool) -> SeedResult:
-    # tiny models: one intra-op thread is faster than several (and much faster on a shared, loaded machine)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _run(seed, quick)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run(seed: int, quick: bool) -> SeedResult:
     data = load_digits(val=0.0, test=0.3, seed=seed)
     x, y, xt, yt = data.train.x, data.train.y, data.test.x, data.test.y
     sets = {
@@ -315,6 +305,7 @@ EXPERIMENT = Experiment(
         Check("expl_entropy_gap", "higher", 0.0, against="value"),
     ],
     run=run,
+    threads=1,
     seeds=5,
     quick_seeds=2,
     plot=plot,

@@ -62,16 +62,6 @@ def _evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[
 
 
 def run(seed: int, quick: bool) -> SeedResult:
-    # tiny models: one intra-op thread is faster than several (and much faster on a shared, loaded machine)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _run(seed, quick)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run(seed: int, quick: bool) -> SeedResult:
     data = load_digits(val=0.0, test=0.3, seed=seed)
     x, y, xt, yt = data.train.x, data.train.y, data.test.x, data.test.y
     init = torch.rand(20, 64, generator=torch.Generator().manual_seed(seed)) / 10 + 0.45
@@ -281,6 +271,7 @@ EXPERIMENT = Experiment(
         Check("pgd_minus_cert_min", "higher", 0.0, against="value"),
     ],
     run=run,
+    threads=1,
     seeds=5,
     quick_seeds=2,
     plot=plot,
