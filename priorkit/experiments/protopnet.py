@@ -41,9 +41,11 @@ from priorkit.core.seeding import seed_everything
 from priorkit.data import load_digits
 from priorkit.data.parts import parts_splits
 from priorkit.experiments.base import Check, Experiment, SeedResult
+from priorkit.metrics import accuracy
 from priorkit.models import Conv4
 from priorkit.prototypes._common import PhaseSchedule, distance_kernel_gflops, l1_off_class, train_prototype_model
 from priorkit.prototypes.protopnet import ProtoPNet, protopnet_loss_fn
+from priorkit.train import predict
 
 
 def _cfg(quick: bool) -> dict:
@@ -52,13 +54,8 @@ def _cfg(quick: bool) -> dict:
     return dict(n_train=1600, width=32, dim=32, k=5, epochs=21, warm=5, push_start=10, push_every=10, ll=10)
 
 
-@torch.no_grad()
 def _acc(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    was = model.training
-    model.eval()
-    out = torch.cat([model(x[s : s + 500]) for s in range(0, len(x), 500)])
-    model.train(was)
-    return float((out.argmax(1) == y).float().mean())
+    return accuracy(predict(model, x), y)
 
 
 def _train_baseline(backbone: Conv4, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> Conv4:

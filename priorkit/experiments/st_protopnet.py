@@ -50,6 +50,7 @@ import torch
 from priorkit.core.seeding import seed_everything
 from priorkit.data.parts import parts_splits
 from priorkit.experiments.base import Check, Experiment, SeedResult
+from priorkit.metrics import accuracy
 from priorkit.models import Conv4
 from priorkit.prototypes._common import PhaseSchedule, train_prototype_model
 from priorkit.prototypes.protopnet import ProtoPNet, protopnet_loss_fn
@@ -61,6 +62,7 @@ from priorkit.prototypes.st_protopnet import (
     prototype_geometry,
     renormalize_after_step,
 )
+from priorkit.train import predict
 
 N_CLASSES = 4
 
@@ -71,13 +73,8 @@ def _cfg(quick: bool) -> dict:
     return dict(n_train=1200, width=32, dim=32, k=5, epochs=21, warm=3, push_start=10, push_every=10, ll=5)
 
 
-@torch.no_grad()
 def _acc(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    was = model.training
-    model.eval()
-    out = torch.cat([model(x[s : s + 500]) for s in range(0, len(x), 500)])
-    model.train(was)
-    return float((out.argmax(1) == y).float().mean())
+    return accuracy(predict(model, x), y)
 
 
 @torch.no_grad()
