@@ -29,8 +29,20 @@ class ConfigKeyError(PriorkitError):
     """A configuration key that the method does not define."""
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteError(PriorkitError, FloatingPointError):
+    """An input, a loss term or a state update holds NaN or infinite values."""
+
+
+class NonFiniteLossError(NonFiniteError):
     """A loss term became NaN or infinite during training."""
+
+
+class HookConflictError(PriorkitError):
+    """Two parts of one run would silently fight (the same resource claimed twice, the same loss name)."""
+
+
+class CheckpointMismatchError(PriorkitError):
+    """A checkpoint that does not belong to this run (other config, hooks, shapes or recipe)."""
 
 
 def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
@@ -125,3 +137,55 @@ def check_finite_losses(terms: Mapping[str, torch.Tensor], step: int | None = No
             + ", ".join(f"{k}={v}" for k, v in bad.items())
             + " (lower the learning rate, check the inputs for NaN, or check the method's clamps)"
         )
+
+
+def as_tensor(name: str, value: Any, *, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Accept a tensor, a NumPy array or a nested list alike at a public boundary; anything else is refused."""
+    if isinstance(value, torch.Tensor):
+        return value if dtype is None else value.to(dtype)
+    try:
+        import numpy as np
+
+        if isinstance(value, np.ndarray | list | tuple):
+            return torch.as_tensor(np.asarray(value), dtype=dtype)
+    except (TypeError, ValueError) as e:
+        raise PriorkitError(f"{name} must be a tensor or an array of numbers: {e}") from None
+    raise PriorkitError(f"{name} must be a torch.Tensor or a numpy array, got {type(value).__name__}")
+
+
+def check_finite(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """Refuse NaN or infinite entries in ``tensor`` (named in the error with their count)."""
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise NonFiniteError(f"{name} holds {bad} NaN or infinite value(s) of {tensor.numel()}; state unchanged")
+    return tensor
+
+
+def check_labels(name: str, labels: torch.Tensor, num_classes: int, *, length: int | None = None) -> torch.Tensor:
+    """Integer class labels in ``[0, num_classes)``, optionally of a given length."""
+    if not isinstance(labels, torch.Tensor):
+        raise PriorkitError(f"{name} must be a torch.Tensor of class indices, got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise PriorkitError(f"{name} must hold integer class indices, got dtype {labels.dtype}")
+    if labels.dim() != 1 or (length is not None and labels.shape[0] != length):
+        want = f"[{length}]" if length is not None else "[batch]"
+        raise PriorkitError(f"{name} must have shape {want}, got {list(labels.shape)}")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise PriorkitError(
+            f"{name} must lie in [0, {num_classes - 1}] (num_classes={num_classes}), "
+            f"got [{int(labels.min())}, {int(labels.max())}]"
+        )
+    return labels
+
+
+def check_batch(name: str, tensor: torch.Tensor, *, dim: int | None = None) -> torch.Tensor:
+    """A non-empty, floating-point, finite batch (``dim`` axes when given)."""
+    if not isinstance(tensor, torch.Tensor):
+        raise PriorkitError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if dim is not None and tensor.dim() != dim:
+        raise PriorkitError(f"{name} must have {dim} dimensions, got shape {list(tensor.shape)}")
+    if tensor.dim() == 0 or tensor.shape[0] == 0:
+        raise PriorkitError(f"{name} must be a non-empty batch, got shape {list(tensor.shape)}")
+    if not tensor.is_floating_point():
+        raise PriorkitError(f"{name} must be floating point, got dtype {tensor.dtype}")
+    return check_finite(name, tensor)

@@ -33,7 +33,6 @@ from pathlib import Path
 import torch
 
 from priorkit.core.seeding import seed_everything
-from priorkit.data.augment import Augment
 from priorkit.data.ood import ood_split, shift_noise_views
 from priorkit.experiments.base import Check, Experiment, SeedResult
 from priorkit.metrics import auroc, fpr_at_95_tpr
@@ -49,7 +48,7 @@ from priorkit.prototypes.palm import (
     ssd_score,
     train_palm,
 )
-from priorkit.train import TrainConfig, Trainer
+from priorkit.train import Augment, TrainConfig, Trainer
 
 EPOCHS, QUICK_EPOCHS, BATCH, MOMENTUM = 150, 100, 256, 0.99
 _views = partial(shift_noise_views, max_shift=1, sigma=0.1, image_shape=(8, 8))

@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 
 from priorkit.data import load_mnist1d
-from priorkit.data.augment import Augment, random_shift
+from priorkit.data.augment import random_shift
 from priorkit.experiments._common import train_and_test
 from priorkit.experiments.base import Check, Experiment, SeedResult
 from priorkit.metrics import reliability
 from priorkit.models import MLP
 from priorkit.regularizers.pskd import PSKD
-from priorkit.train import TrainConfig, predict
+from priorkit.train import Augment, TrainConfig, predict
 
 
 def run(seed: int, quick: bool) -> SeedResult:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from priorkit.core.errors import PriorkitError, check_range, check_shape
 from priorkit.regularizers._common import PerSampleMemory
+from priorkit.train.engine import RunState
 from priorkit.train.hooks import Batch, Hook
 
 
@@ -67,10 +68,10 @@ class ELR(Hook):
         self.memory = PerSampleMemory(num_samples, num_classes, dtype=memory_dtype)
         self.epoch = 0
 
-    def on_epoch_start(self, trainer: Any, epoch: int) -> None:
-        self.epoch = epoch
+    def on_epoch_start(self, state: RunState) -> None:
+        self.epoch = state.epoch
 
-    def extra_loss(self, trainer: Any, batch: Batch) -> dict[str, torch.Tensor]:
+    def extra_loss(self, state: RunState, batch: Batch) -> dict[str, torch.Tensor]:
         assert batch.output is not None
         if self.epoch < self.start_epoch:
             return {}

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from priorkit.core.errors import check_choice, check_positive_int, check_range, check_shape
 from priorkit.regularizers._common import PerSampleMemory
+from priorkit.train.engine import RunState
 from priorkit.train.hooks import Batch, Hook
 
 SCHEDULES = ("linear", "constant")
@@ -57,6 +58,8 @@ class PSKD(Hook):
     The reference loop's base loss is the soft-target cross-entropy, so no extra term is added.
     """
 
+    claims = ("batch.target",)
+
     def __init__(
         self,
         num_samples: int,
@@ -73,18 +76,19 @@ class PSKD(Hook):
         self.alpha = 0.0
         self.epoch = 0
 
-    def on_epoch_start(self, trainer: Any, epoch: int) -> None:
+    def on_epoch_start(self, state: RunState) -> None:
+        epoch = state.epoch
         self.epoch = epoch
-        self.alpha = alpha_at(epoch, trainer.num_epochs, self.alpha_T, self.schedule)
+        self.alpha = alpha_at(epoch, state.num_epochs, self.alpha_T, self.schedule)
 
-    def transform_batch(self, trainer: Any, batch: Batch) -> Batch:
+    def transform_batch(self, state: RunState, batch: Batch) -> Batch:
         if self.epoch == 0:  # epoch-0 memory rows are the one-hot labels, so targets are exactly one-hot
             self.memory.write(batch.index, F.one_hot(batch.y, self.memory.shape[1]).float())
         past = self.memory.read(batch.index, device=batch.y.device)
         batch.target = pskd_targets(batch.y, past, self.alpha)
         return batch
 
-    def on_step_end(self, trainer: Any, batch: Batch) -> None:
+    def on_step_end(self, state: RunState, batch: Batch) -> None:
         assert batch.output is not None
         self.memory.write(batch.index, batch.output.detach().softmax(dim=1))
 

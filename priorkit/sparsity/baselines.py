@@ -18,6 +18,7 @@ from priorkit.sparsity._common import (
     prunable_layers,
     raw_weight,
 )
+from priorkit.train.engine import RunState
 from priorkit.train.hooks import Hook
 
 
@@ -25,6 +26,8 @@ class GMP(Hook):
     """Gradual magnitude pruning: at the start of each epoch ``e`` the sparsity is the cubic ramp
     ``cubic(e + 1, start_epoch, end_epoch)`` (reaching ``sparsity`` at ``end_epoch - 1``), and masks are the
     smallest-magnitude weights per layer (``scope='layer'``) or over all layers (``scope='global'``)."""
+
+    claims = ("weight_parametrization",)
 
     def __init__(
         self,
@@ -44,13 +47,14 @@ class GMP(Hook):
         self.layers = prunable_layers(model, include)
         self.current = 0.0
 
-    def on_fit_start(self, trainer: Any) -> None:
+    def on_fit_start(self, state: RunState) -> None:
         apply_masks(
             self.layers,
             {n: raw_weight(m).new_ones(raw_weight(m).shape, dtype=bool) for n, m in self.layers.items()},
         )
 
-    def on_epoch_start(self, trainer: Any, epoch: int) -> None:
+    def on_epoch_start(self, state: RunState) -> None:
+        epoch = state.epoch
         if epoch < self.start:
             return
         self.current = cubic_sparsity(epoch + 1, self.start, self.end, self.sparsity)

@@ -45,6 +45,7 @@ from priorkit.sparsity._common import (
     prunable_layers,
     raw_weight,
 )
+from priorkit.train.engine import RunState
 from priorkit.train.hooks import Hook
 
 MODES = ("unstructured", "nm", "channel")
@@ -140,6 +141,8 @@ class PDP(Hook):
     budget); ``mode='channel'`` uses a uniform per-layer ratio (no global allocation across layers).
     """
 
+    claims = ("weight_parametrization",)
+
     def __init__(
         self,
         model: nn.Module,
@@ -207,11 +210,12 @@ class PDP(Hook):
         self._set_hard(masks)
 
     # ------------------------------------------------------------------ hook
-    def on_fit_start(self, trainer: Any) -> None:
+    def on_fit_start(self, state: RunState) -> None:
         if not self.hard:
             self._attach_soft()
 
-    def on_epoch_start(self, trainer: Any, epoch: int) -> None:
+    def on_epoch_start(self, state: RunState) -> None:
+        epoch = state.epoch
         if self.hard:
             return
         if epoch >= self.warmup and not self.budgets:
@@ -222,14 +226,15 @@ class PDP(Hook):
                 n: min(budgets.get(n, self.sparsity), (w.numel() - 1) / w.numel()) for n, w in weights.items()
             }
             self._warn_tau(weights)
-        if self.hard_epochs and epoch >= trainer.num_epochs - self.hard_epochs:
+        if self.hard_epochs and epoch >= state.num_epochs - self.hard_epochs:
             self.harden()
             return
         for name, layer in self.layers.items():
             layer.parametrizations.weight[0].r = self.ratio(name, epoch)
 
-    def on_epoch_end(self, trainer: Any, epoch: int) -> None:
-        if not self.hard and epoch == trainer.num_epochs - 1:
+    def on_epoch_end(self, state: RunState) -> None:
+        epoch = state.epoch
+        if not self.hard and epoch == state.num_epochs - 1:
             self.harden()
 
     def _warn_tau(self, weights: dict[str, torch.Tensor]) -> None:

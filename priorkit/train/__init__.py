@@ -1,16 +1,27 @@
-"""The reference training loop, its hook protocol, checkpoints and distributed helpers."""
+"""The engine (Lightning Fabric under priorkit's recipes, phases and hooks), checkpoints and launch helpers."""
 
 from priorkit.train.checkpoint import load_checkpoint, save_checkpoint
-from priorkit.train.hooks import Batch, Hook
-from priorkit.train.loop import TrainConfig, Trainer, predict, soft_cross_entropy
+from priorkit.train.config import TrainConfig, make_optimizer, soft_cross_entropy
+from priorkit.train.engine import RunState, Trainer, fit, predict, rank_slice, shuffled_batches
+from priorkit.train.hooks import Augment, Batch, Hook
+from priorkit.train.recipe import Phase, Recipe, freeze_except
 
 __all__ = [
+    "Augment",
     "Batch",
     "Hook",
+    "Phase",
+    "Recipe",
+    "RunState",
     "TrainConfig",
     "Trainer",
+    "fit",
+    "freeze_except",
     "load_checkpoint",
+    "make_optimizer",
     "predict",
+    "rank_slice",
     "save_checkpoint",
+    "shuffled_batches",
     "soft_cross_entropy",
 ]

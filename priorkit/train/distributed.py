@@ -1,7 +1,8 @@
-"""Distributed helpers on PyTorch's own engine (``torchrun``; gloo on CPU, NCCL on GPU).
+"""Launch helpers around the engine: the world-size-invariant batch sampler and a local gloo launcher.
 
-Methods with global or per-sample state use :func:`all_gather_cat` so that every rank holds the same state,
-which is what makes a 2-process run equal a 1-process run with the same global batch.
+The collectives themselves (``all_gather_cat``, ``gather_with_grad``, ...) live in :mod:`priorkit.nn.distributed`
+and are re-exported here. Fabric initialises the process group under ``torchrun``/SLURM; :func:`run_gloo`
+starts W local CPU processes that look to Fabric like a ``torchrun`` launch (tests of DDP equivalence).
 """
 
 from __future__ import annotations
@@ -10,58 +11,24 @@ import os
 from collections.abc import Iterator
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from priorkit.core.errors import PriorkitError
+from priorkit.nn import distributed as _nd
+from priorkit.nn.distributed import all_gather_cat, all_reduce_mean, all_reduce_sum, gather_with_grad, is_dist
 
-def is_dist() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def rank() -> int:
-    return dist.get_rank() if is_dist() else 0
-
-
-def world_size() -> int:
-    return dist.get_world_size() if is_dist() else 1
-
-
-def init_from_env(backend: str | None = None) -> bool:
-    """Initialise the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1); returns whether it did."""
-    if is_dist():
-        return True
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    dist.init_process_group(backend=backend)
-    return True
-
-
-def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``t`` from every rank along dim 0, in rank order (identity on one process).
-
-    Ranks may hold different first-dimension sizes; they are padded for the collective and trimmed after.
-    """
-    if not is_dist():
-        return t
-    n = torch.tensor([t.shape[0]], device=t.device)
-    sizes = [torch.zeros_like(n) for _ in range(world_size())]
-    dist.all_gather(sizes, n)
-    sizes_i = [int(s) for s in sizes]
-    big = max(sizes_i)
-    padded = torch.zeros((big, *t.shape[1:]), dtype=t.dtype, device=t.device)
-    padded[: t.shape[0]] = t
-    out = [torch.zeros_like(padded) for _ in sizes_i]
-    dist.all_gather(out, padded.contiguous())
-    return torch.cat([o[:s] for o, s in zip(out, sizes_i)], dim=0)
-
-
-def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
-    if not is_dist():
-        return t
-    t = t.clone()
-    dist.all_reduce(t)
-    return t / world_size()
+rank, world_size = _nd.rank, _nd.world_size
+__all__ = [
+    "ShardedBatchSampler",
+    "all_gather_cat",
+    "all_reduce_mean",
+    "all_reduce_sum",
+    "gather_with_grad",
+    "is_dist",
+    "rank",
+    "run_gloo",
+    "world_size",
+]
 
 
 class ShardedBatchSampler(Sampler[list[int]]):
@@ -82,10 +49,10 @@ class ShardedBatchSampler(Sampler[list[int]]):
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
-        self.world = world_size if world_size is not None else globals()["world_size"]()
-        self.rank = rank if rank is not None else globals()["rank"]()
+        self.world = world_size if world_size is not None else _nd.world_size()
+        self.rank = rank if rank is not None else _nd.rank()
         if global_batch_size % self.world:
-            raise ValueError(
+            raise PriorkitError(
                 f"global_batch_size ({global_batch_size}) must be divisible by the world size ({self.world})"
             )
         self.n, self.batch, self.shuffle, self.drop_last, self.seed = (
@@ -122,7 +89,15 @@ class ShardedBatchSampler(Sampler[list[int]]):
 def _gloo_entry(rank: int, world: int, port: int, fn, args: tuple) -> None:  # noqa: ANN001
     import torch.distributed as _dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        GROUP_RANK="0",
+        LOCAL_WORLD_SIZE=str(world),
+    )
     _dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         fn(rank, *args)

@@ -1,13 +1,13 @@
 import pytest
 import torch
 
-from priorkit.core.errors import NonFiniteLossError
+from priorkit.core.errors import HookConflictError, NonFiniteLossError
 from priorkit.data import gaussian_mixture
-from priorkit.data.augment import Augment, random_shift
+from priorkit.data.augment import random_shift
 from priorkit.models import MLP
 from priorkit.regularizers import ELR, PSKD
-from priorkit.sparsity import PDP
-from priorkit.train import Hook, TrainConfig, Trainer, load_checkpoint
+from priorkit.sparsity import GMP, PDP
+from priorkit.train import Augment, Hook, TrainConfig, Trainer, load_checkpoint
 
 DATA = gaussian_mixture(300, num_classes=3, dim=6, seed=0)
 
@@ -50,7 +50,7 @@ def test_resume_is_bit_identical(tmp_path, name):
 def test_checkpoint_loads_weights_only(tmp_path):
     _run(tmp_path, HOOKS["elr+pskd+shift"], epochs=2)
     state = torch.load(tmp_path / "last.pt", weights_only=True)
-    assert state["epoch"] == 2 and set(state) >= {"model", "optimizer", "scheduler", "rng", "hooks"}
+    assert state["epoch"] == 2 and set(state) >= {"model", "optimizers", "schedulers", "rng", "hooks", "phases"}
     assert load_checkpoint(tmp_path / "last.pt")["step"] == state["step"]
 
 
@@ -71,16 +71,32 @@ def test_nan_loss_stops_with_named_term(tmp_path):
 
 
 class _A(Hook):
-    conflicts = ("_B",)
+    claims = ("weight_parametrization",)
 
 
 class _B(Hook):
+    claims = ("weight_parametrization",)
+
+
+class _Shared(Hook):
+    claims = shares = ("batch.x",)
+
+
+class _Shared2(_Shared):
     pass
 
 
 def test_conflicting_hooks_refused():
-    with pytest.raises(ValueError, match="cannot be combined"):
+    with pytest.raises(HookConflictError, match="both claim 'weight_parametrization'"):
         Trainer(MLP(6, (4,), 3), DATA.train, hooks=[_A(), _B()])
+    Trainer(MLP(6, (4,), 3), DATA.train, hooks=[_Shared(), _Shared2()])  # declared shareable: accepted
+
+
+def test_pdp_and_gmp_refused_together():
+    model = MLP(6, (4,), 3)
+    with pytest.raises(HookConflictError, match="PDP and GMP both claim"):
+        gmp = GMP(model, sparsity=0.5, start_epoch=0, end_epoch=2)
+        Trainer(model, DATA.train, hooks=[PDP(model, sparsity=0.5), gmp])
 
 
 def test_resume_without_checkpoint_is_clear(tmp_path):
