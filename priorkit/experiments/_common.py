@@ -12,7 +12,7 @@ from torch import nn
 from priorkit.core.seeding import seed_everything
 from priorkit.data.datasets import IndexedTensorDataset
 from priorkit.metrics import classification_metrics
-from priorkit.train import Hook, TrainConfig, Trainer, predict
+from priorkit.train import Hook, RunState, TrainConfig, Trainer, predict
 
 
 def train_and_test(
@@ -33,9 +33,9 @@ def train_and_test(
     seed_everything(config.seed)
     model = make_model()
 
-    def eval_fn(m: nn.Module, epoch: int) -> dict[str, float]:
-        if epoch % curve_every == 0 or epoch == config.epochs - 1:
-            return {"test_acc": classification_metrics(predict(m, test), test.y)["acc"]}
+    def eval_fn(state: RunState) -> dict[str, float]:
+        if state.epoch % curve_every == 0 or state.epoch == config.epochs - 1:
+            return {"test_acc": classification_metrics(predict(state.model, test), test.y)["acc"]}
         return {}
 
     trainer = Trainer(

@@ -14,8 +14,10 @@ from priorkit.nn.distributed import (
     rank,
     world_size,
 )
+from priorkit.nn.memory import PerSampleMemory
 
 __all__ = [
+    "PerSampleMemory",
     "all_gather_cat",
     "all_reduce_mean",
     "all_reduce_sum",

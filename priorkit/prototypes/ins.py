@@ -40,7 +40,7 @@ Differences, all documented and configurable where they matter:
   pass your own ``views``.
 
 No library implements INS or PiCO's partial-label disambiguation (PiCO's repo is research code); the
-confidence table reuses priorkit's :class:`~priorkit.regularizers._common.PerSampleMemory`, AUCs come from
+confidence table reuses priorkit's :class:`~priorkit.nn.memory.PerSampleMemory`, AUCs come from
 scikit-learn (:mod:`priorkit.metrics.mil`).
 
 Example::
@@ -81,7 +81,7 @@ from priorkit.core.errors import (
 from priorkit.core.seeding import rng_state, seed_everything, set_rng_state
 from priorkit.data.mil import MILBags
 from priorkit.metrics.mil import AGGREGATORS, bag_scores, mil_metrics
-from priorkit.regularizers._common import PerSampleMemory
+from priorkit.nn.memory import PerSampleMemory
 from priorkit.train import distributed as D
 from priorkit.train.checkpoint import load_checkpoint, save_checkpoint
 

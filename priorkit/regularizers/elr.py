@@ -7,7 +7,7 @@ target and so counteracts the gradient towards a wrong label. Reported: CIFAR-10
 89.2% vs 81.9% test accuracy for cross-entropy.
 
 Functional core: :func:`elr_update`, :func:`elr_regularizer`. Hook: :class:`ELR`, with its memory shared
-with PS-KD (``regularizers/_common.py``) and gathered across ranks. Official code: shengliu66/ELR,
+with PS-KD (``priorkit/nn/memory.py``) and gathered across ranks. Official code: shengliu66/ELR,
 ELR/model/loss.py::elr_loss (the memory is updated with the current batch *before* the term is computed).
 """
 
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from priorkit.core.errors import PriorkitError, check_range, check_shape
-from priorkit.regularizers._common import PerSampleMemory
+from priorkit.nn.memory import PerSampleMemory
 from priorkit.train.engine import RunState
 from priorkit.train.hooks import Batch, Hook
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from priorkit.core.errors import check_choice, check_positive_int, check_range, check_shape
-from priorkit.regularizers._common import PerSampleMemory
+from priorkit.nn.memory import PerSampleMemory
 from priorkit.train.engine import RunState
 from priorkit.train.hooks import Batch, Hook
 

@@ -1,4 +1,4 @@
-"""Shared parts of the regularizers family: the per-sample memory used by PS-KD and ELR."""
+"""Per-sample memories: one row per training sample, keyed by the dataset index (PS-KD, ELR, INS)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from priorkit.core.errors import PriorkitError, check_choice, check_positive_int
-from priorkit.train import distributed as D
+from priorkit.core.errors import PriorkitError, check_choice, check_finite, check_positive_int
+from priorkit.nn import distributed as D
 
 MEMORY_DTYPES = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64}
 
@@ -47,10 +47,13 @@ class PerSampleMemory:
         return rows.to(device) if device is not None else rows
 
     def write(self, index: torch.Tensor, rows: torch.Tensor, *, gather: bool = True) -> None:
-        """Set the rows for ``index`` (from every rank when ``gather`` and running under DDP)."""
+        """Set the rows for ``index`` (from every rank when ``gather`` and running under DDP).
+
+        Non-finite rows are refused before anything is written, so one bad batch cannot corrupt the table.
+        """
         if rows.shape != (len(index), self.table.shape[1]):
             raise PriorkitError(f"rows must have shape [{len(index)}, {self.table.shape[1]}], got {list(rows.shape)}")
-        rows = rows.detach()
+        rows = check_finite("rows", rows.detach())
         if gather and D.is_dist():
             index = D.all_gather_cat(index.to(rows.device))
             rows = D.all_gather_cat(rows)
