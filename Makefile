@@ -24,7 +24,8 @@ test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check priorkit tests
+	$(BIN)/ruff check priorkit tests examples
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) $(OUT) runs

@@ -45,7 +45,11 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print(json.dumps(m.as_dict(), indent=1))
         return 0
     for k, v in m.as_dict().items():
-        print(f"{k:>14}: {v}")
+        if k == "presets":
+            for name, preset in v.items():
+                print(f"{'preset ' + name:>14}: " + ", ".join(f"{a}={b!r}" for a, b in preset.items()))
+        else:
+            print(f"{k:>14}: {v}")
     return 0
 
 
@@ -54,7 +58,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     _set_threads(args.threads)
     ids = [i.strip() for i in args.ids.split(",") if i.strip()] if args.ids else None
-    results, paths = run_bench(ids, family=args.family, quick=args.quick, seeds=args.seeds, out=Path(args.out))
+    with _launch(args):
+        results, paths = run_bench(ids, family=args.family, quick=args.quick, seeds=args.seeds, out=Path(args.out))
     for r in results:
         verdict = "ERROR " + r["error"] if r.get("error") else ("reproduced" if r["reproduced"] else "not reproduced")
         m, b = r.get("method") or {}, r.get("baseline") or {}
@@ -71,9 +76,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     get(args.id)
     _set_threads(args.threads)
-    results, paths = run_bench(
-        [args.id], quick=args.quick, seeds=1, out=Path(args.out or f"runs/{args.id}"), title=f"priorkit run {args.id}"
-    )
+    with _launch(args):
+        out = Path(args.out or f"runs/{args.id}")
+        results, paths = run_bench([args.id], quick=args.quick, seeds=1, out=out, title=f"priorkit run {args.id}")
     r = results[0]
     if r.get("error"):
         print(r["traceback"], file=sys.stderr)
@@ -81,6 +86,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"{args.id}: {r['metric']} method {r['method']['mean']:.4g} vs baseline {r['baseline']['mean']:.4g}")
     print(f"report: {paths['html'].resolve()}")
     return 0
+
+
+def _launch(args: argparse.Namespace):  # noqa: ANN202
+    """The Fabric settings given on the command line, applied to every run inside the command."""
+    from priorkit.train import launch_options
+
+    return launch_options(
+        accelerator=args.accelerator,
+        devices=args.devices,
+        strategy=args.strategy,
+        num_nodes=args.num_nodes,
+        precision=args.precision,
+    )
+
+
+def _add_launch_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("scale-out (passed to Lightning Fabric; under torchrun the launcher's world size wins)")
+    g.add_argument("--accelerator", help="cpu, cuda, gpu, mps or auto (default: the experiment's, cpu)")
+    g.add_argument("--devices", type=_devices, help="devices per node, e.g. 2 (default 1)")
+    g.add_argument("--strategy", help="auto, ddp, fsdp, ... (default auto; ddp under torchrun)")
+    g.add_argument("--num-nodes", type=int, help="nodes (default 1)")
+    g.add_argument("--precision", help="32-true, bf16-mixed, 16-mixed, ... (default 32-true)")
+
+
+def _devices(v: str) -> int | str:
+    return int(v) if v.isdigit() else v
 
 
 def _set_threads(n: int | None) -> None:
@@ -125,12 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--seeds", type=int, help="number of seeds (default: the experiment's own)")
     be.add_argument("--out", default="bench-out", help="output folder (default: bench-out)")
     be.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
+    _add_launch_args(be)
     be.set_defaults(fn=_cmd_bench)
     ru = sub.add_parser("run", help="train one method with its defaults and write a report for that run")
     ru.add_argument("id")
     ru.add_argument("--quick", action="store_true")
     ru.add_argument("--out")
     ru.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
+    _add_launch_args(ru)
     ru.set_defaults(fn=_cmd_run)
     rp = sub.add_parser("report", help="re-render report.md/html from DIR/results.json")
     rp.add_argument("dir")

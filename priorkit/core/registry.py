@@ -1,25 +1,57 @@
-"""The method registry: one entry per card id (69 in all), with its status and entry point.
+"""The method registry: one entry per card id (69 in all), with its status, entry point and presets.
 
-The static facts (title, year, family, kind, card, official code) live in ``_catalog.py``; what priorkit
-has built for each id lives in ``STATUS`` below. A method is ``implemented`` only when DESIGN.md's "done"
-holds: the card followed, invariant tests, an experiment in ``priorkit bench``, and an honest entry here.
+The static facts (title, year, family, kind, card, official code) live in ``_catalog.py``. What priorkit has
+built for an id lives beside its code: the module ``priorkit/<family>/<id>.py`` defines
+``SPEC = MethodSpec(status, entry, missing, presets)`` (:mod:`priorkit.core.spec`). An id without a module is
+``planned``. The registry is built on first use (method modules import ``priorkit.core``, so it cannot be
+built while ``priorkit.core`` itself is being imported).
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import asdict, dataclass
+import importlib.util
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from priorkit.core._catalog import CATALOG
-from priorkit.core.errors import check_choice, unknown_name
+from priorkit.core.errors import PriorkitError, check_choice, unknown_name
+from priorkit.core.spec import STATUSES, MethodSpec
 
 FAMILIES = ("prototypes", "regularizers", "sparsity", "adapters", "priors", "theory")
 KINDS = ("head", "loss", "hook", "mask", "transform", "adapter", "system", "estimator")
-STATUSES = ("planned", "partial", "implemented")
+
+@dataclass(frozen=True)
+class MethodInfo:
+    id: str
+    title: str
+    year: int
+    family: str
+    kind: str
+    card: str
+    official_code: str
+    summary: str
+    status: str
+    module: str
+    missing: str
+    entry: str = ""
+    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["presets"] = {k: dict(v) for k, v in self.presets.items()}
+        return out
+
+    def load(self) -> Any:
+        """Import the method's module (only for ``partial``/``implemented`` entries)."""
+        if not self.module:
+            raise NotImplementedError(f"method {self.id!r} is {self.status}: {self.missing}")
+        return importlib.import_module(self.module)
+
 
 # id -> (status, module path of the method, note on what is missing)
-STATUS: dict[str, tuple[str, str, str]] = {
+_LEGACY: dict[str, tuple[str, str, str]] = {
     "pskd": (
         "implemented",
         "priorkit.regularizers.pskd",
@@ -146,45 +178,64 @@ STATUS: dict[str, tuple[str, str, str]] = {
 }
 
 
-@dataclass(frozen=True)
-class MethodInfo:
-    id: str
-    title: str
-    year: int
-    family: str
-    kind: str
-    card: str
-    official_code: str
-    summary: str
-    status: str
-    module: str
-    missing: str
+def module_name(family: str, method_id: str) -> str:
+    return f"priorkit.{family}.{method_id}"
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-    def load(self) -> Any:
-        """Import the method's module (only for ``partial``/``implemented`` entries)."""
-        if not self.module:
-            raise NotImplementedError(f"method {self.id!r} is {self.status}: {self.missing}")
-        return importlib.import_module(self.module)
+def _spec_of(row: Mapping[str, Any]) -> tuple[str, MethodSpec | None]:
+    name = module_name(row["family"], row["id"])
+    try:
+        found = importlib.util.find_spec(name)
+    except ModuleNotFoundError:
+        found = None
+    if found is None:
+        return "", None
+    spec = getattr(importlib.import_module(name), "SPEC", None)
+    if spec is None and row["id"] in _LEGACY:  # transitional, while modules gain their SPEC
+        status, _, missing = _LEGACY[row["id"]]
+        spec = MethodSpec(status=status, entry="", missing=missing)
+    if not isinstance(spec, MethodSpec):
+        raise PriorkitError(f"{name} must define SPEC = MethodSpec(...) (the method contract, core/spec.py)")
+    return name, spec
 
 
 def _build() -> dict[str, MethodInfo]:
     out: dict[str, MethodInfo] = {}
     for row in CATALOG:
-        status, module, missing = STATUS.get(row["id"], ("planned", "", "not started"))
-        check_choice(f"status of {row['id']}", status, STATUSES)
         check_choice(f"family of {row['id']}", row["family"], FAMILIES)
         check_choice(f"kind of {row['id']}", row["kind"], KINDS)
-        out[row["id"]] = MethodInfo(status=status, module=module, missing=missing, **row)
-    unknown = set(STATUS) - set(out)
-    if unknown:
-        raise RuntimeError(f"STATUS names ids that are not in the catalog: {sorted(unknown)}")
+        module, spec = _spec_of(row)
+        if spec is None:
+            out[row["id"]] = MethodInfo(status="planned", module="", missing="not started", **row)
+        else:
+            out[row["id"]] = MethodInfo(
+                status=spec.status, module=module, missing=spec.missing, entry=spec.entry, presets=spec.presets, **row
+            )
     return out
 
 
-REGISTRY: dict[str, MethodInfo] = _build()
+class _Registry(Mapping[str, MethodInfo]):
+    """The id -> :class:`MethodInfo` table, built on first access."""
+
+    def __init__(self) -> None:
+        self._table: dict[str, MethodInfo] | None = None
+
+    def _get(self) -> dict[str, MethodInfo]:
+        if self._table is None:
+            self._table = _build()
+        return self._table
+
+    def __getitem__(self, key: str) -> MethodInfo:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
+REGISTRY: Mapping[str, MethodInfo] = _Registry()
 
 
 def get(method_id: str) -> MethodInfo:

@@ -1,7 +1,7 @@
 """The engine (Lightning Fabric under priorkit's recipes, phases and hooks), checkpoints and launch helpers."""
 
 from priorkit.train.checkpoint import load_checkpoint, save_checkpoint
-from priorkit.train.config import TrainConfig, make_optimizer, soft_cross_entropy
+from priorkit.train.config import TrainConfig, launch_options, make_optimizer, soft_cross_entropy
 from priorkit.train.engine import RunState, Trainer, fit, predict, rank_slice, shuffled_batches
 from priorkit.train.hooks import Augment, Batch, Hook
 from priorkit.train.recipe import Phase, Recipe, freeze_except
@@ -17,6 +17,7 @@ __all__ = [
     "Trainer",
     "fit",
     "freeze_except",
+    "launch_options",
     "load_checkpoint",
     "make_optimizer",
     "predict",

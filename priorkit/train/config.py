@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from priorkit.core.errors import check_choice, check_positive_int, check_range
+from priorkit.core.errors import ConfigKeyError, check_choice, check_positive_int, check_range
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "cosine", "step")
@@ -86,3 +88,31 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, epochs: int) ->
     if cfg.scheduler == "step":
         return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.milestones), gamma=cfg.gamma)
     return None
+
+
+LAUNCH_KEYS = ("accelerator", "devices", "strategy", "num_nodes", "precision")
+_LAUNCH: dict[str, Any] = {}
+
+
+@contextmanager
+def launch_options(**options: Any) -> Iterator[None]:
+    """Run every Trainer built inside the block with these Fabric settings (``accelerator``, ``devices``,
+    ``strategy``, ``num_nodes``, ``precision``), whatever the experiment's own config says. The command
+    line's ``--devices/--strategy/--num-nodes/--precision`` use it; ``None`` values are ignored."""
+    bad = sorted(set(options) - set(LAUNCH_KEYS))
+    if bad:
+        raise ConfigKeyError(f"launch_options has no key(s) {bad}; valid keys: {', '.join(LAUNCH_KEYS)}")
+    given = {k: v for k, v in options.items() if v is not None}
+    TrainConfig(**given)  # validate the values with the config's own checks
+    old = dict(_LAUNCH)
+    _LAUNCH.update(given)
+    try:
+        yield
+    finally:
+        _LAUNCH.clear()
+        _LAUNCH.update(old)
+
+
+def with_launch_options(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the active :func:`launch_options` applied."""
+    return replace(cfg, **_LAUNCH) if _LAUNCH else cfg

@@ -36,7 +36,13 @@ from priorkit.core.errors import (
 )
 from priorkit.core.seeding import rng_state, seed_everything, set_rng_state
 from priorkit.data.datasets import IndexedTensorDataset
-from priorkit.train.config import TrainConfig, make_optimizer, make_scheduler, soft_cross_entropy
+from priorkit.train.config import (
+    TrainConfig,
+    make_optimizer,
+    make_scheduler,
+    soft_cross_entropy,
+    with_launch_options,
+)
 from priorkit.train.hooks import Batch, Hook
 from priorkit.train.recipe import Phase, Recipe, default_forward, freeze_except
 
@@ -61,6 +67,7 @@ def rank_slice(glob: Sequence[int], rank: int, world: int) -> list[int]:
 
 def make_fabric(cfg: TrainConfig) -> Fabric:
     """Fabric for ``cfg``; under an external launcher (``torchrun``) its world size wins over ``devices``."""
+    cfg = with_launch_options(cfg)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     devices, num_nodes, strategy = cfg.devices, cfg.num_nodes, cfg.strategy
     if world > 1:

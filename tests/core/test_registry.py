@@ -27,10 +27,27 @@ def test_registry_ids_match_the_cards():
     assert ids == set(REGISTRY)
 
 
-def test_implemented_methods_have_module_and_experiment():
+TESTS = Path(__file__).resolve().parents[1]
+
+
+def test_implemented_methods_have_module_test_and_experiment():
+    """Adding a method touches three places: module, experiment, test; a missing one fails here."""
     for m in list_methods(status="implemented"):
         assert m.load() is not None
-        assert has_experiment(m.id), m.id
+        assert has_experiment(m.id), f"{m.id}: no priorkit/experiments/{m.id}.py"
+        assert (TESTS / m.family / f"test_{m.id}.py").is_file(), f"{m.id}: no tests/{m.family}/test_{m.id}.py"
+
+
+def test_method_modules_follow_the_contract():
+    """Docstring, __all__, a SPEC whose entry is public and listed in __all__, presets paper and small."""
+    for m in list_methods(status="implemented"):
+        mod = m.load()
+        assert (mod.__doc__ or "").strip(), f"{m.id}: module docstring"
+        names = getattr(mod, "__all__", None)
+        assert names, f"{m.id}: __all__"
+        assert m.entry and m.entry in names and hasattr(mod, m.entry), f"{m.id}: SPEC.entry {m.entry!r}"
+        assert {"paper", "small"} <= set(m.presets), f"{m.id}: presets {sorted(m.presets)}"
+        assert all(not n.startswith("_") and hasattr(mod, n) for n in names), f"{m.id}: __all__ {names}"
 
 
 def test_planned_method_cannot_be_loaded():
