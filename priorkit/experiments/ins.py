@@ -41,88 +41,41 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
+from priorkit.baselines.mil import GatedABMIL, abmil_recipe, eval_abmil, naive_recipe
 from priorkit.core.seeding import seed_everything
 from priorkit.data.mil import MILBags, mil_digits
 from priorkit.experiments.base import Check, Experiment, SeedResult
-from priorkit.metrics.mil import mil_metrics
-from priorkit.prototypes.ins import INS, INSConfig, INSTrainer, evaluate, mlp_encoder, noise_views
-from priorkit.train import distributed as D
+from priorkit.prototypes.ins import INS, SPEC, INSHook, evaluate, mlp_encoder, noise_views
+from priorkit.train import TrainConfig, fit
 
 EPOCHS, BATCH, LR, WD, MOMENTUM = 40, 64, 0.01, 1e-3, 0.9
-
-
-class GatedABMIL(nn.Module):
-    """Gated attention MIL: ``a = softmax(w^T (tanh(V h) * sigmoid(U h)))``, bag logit from ``sum a h``."""
-
-    def __init__(self, encoder: nn.Module, feature_dim: int = 128, attn_dim: int = 64) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.v, self.u = nn.Linear(feature_dim, attn_dim), nn.Linear(feature_dim, attn_dim)
-        self.w = nn.Linear(attn_dim, 1)
-        self.cls = nn.Linear(feature_dim, 1)
-
-    def forward(self, bag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.encoder(bag)
-        a = torch.softmax(self.w(torch.tanh(self.v(h)) * torch.sigmoid(self.u(h))).squeeze(1), dim=0)
-        return self.cls((a.unsqueeze(1) * h).sum(0)).squeeze(0), a
 
 
 def train_abmil(bags: MILBags, seed: int, epochs: int) -> GatedABMIL:
     seed_everything(seed)
     model = GatedABMIL(mlp_encoder(bags.x[0].numel(), 128))
-    opt = torch.optim.Adam(model.parameters(), lr=5e-4, betas=(0.9, 0.999), weight_decay=1e-4)
-    sampler = D.ShardedBatchSampler(bags.num_bags, 1, seed=seed + 1, rank=0, world_size=1)
-    for epoch in range(epochs):
-        sampler.set_epoch(epoch)
-        for (b,) in sampler:
-            x, _ = bags.bag(b)
-            logit, _ = model(x)
-            loss = F.binary_cross_entropy_with_logits(logit, bags.bag_y[b].float())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    fit(model, None, abmil_recipe(bags, epochs), config=TrainConfig(batch_size=1, seed=seed, progress=False))
     return model
-
-
-@torch.no_grad()
-def eval_abmil(model: GatedABMIL, bags: MILBags) -> dict[str, float]:
-    model.eval()
-    att, bag = [], []
-    for x, _ in bags.bags():
-        logit, a = model(x)
-        att.append(a)
-        bag.append(torch.sigmoid(logit))
-    return mil_metrics(torch.cat(att), bags.instance_y, bags.offsets, bags.bag_y, bag_score=torch.stack(bag))
 
 
 def train_naive(bags: MILBags, seed: int, epochs: int) -> nn.Module:
     seed_everything(seed)
     model = nn.Sequential(mlp_encoder(bags.x[0].numel(), 128), nn.Linear(128, 2))
-    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
-    sampler = D.ShardedBatchSampler(len(bags.x), BATCH, drop_last=True, seed=seed, rank=0, world_size=1)
-    y = bags.instance_bag_y
-    for epoch in range(epochs):
-        sampler.set_epoch(epoch)
-        for step, idx in enumerate(sampler):
-            g = torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 100_003 + step) % (2**63))
-            x_w, _ = noise_views(bags.x[idx], g)
-            loss = F.cross_entropy(model(x_w), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    rec = naive_recipe(epochs, lr=LR, momentum=MOMENTUM, weight_decay=WD, views=noise_views)
+    cfg = TrainConfig(batch_size=BATCH, seed=seed, drop_last=True, progress=False)
+    fit(model, bags.instance_dataset(), rec, config=cfg)
     return model.eval()
 
 
 def train_ins(bags: MILBags, seed: int, epochs: int) -> tuple[INS, list[dict[str, float]]]:
     seed_everything(seed)
     model = INS(mlp_encoder(bags.x[0].numel(), 128), feature_dim=128, low_dim=32, queue_size=512)
-    cfg = INSConfig(epochs=epochs, batch_size=BATCH, lr=LR, momentum=MOMENTUM, weight_decay=WD, prot_start=5, seed=seed)
-    history = INSTrainer(model, bags, cfg).fit()
-    return model.eval(), history
+    hook = INSHook(bags, **{**SPEC.presets["small"], "epochs": epochs})  # prot_start 5 at this scale
+    hist = fit(model, None, hook.recipe(), hooks=[hook], config=TrainConfig(batch_size=BATCH, seed=seed,
+                                                                            progress=False))  # fmt: skip
+    return model.eval(), [h for h in hist if str(h.get("phase", "")).startswith("instance")]
 
 
 def run(seed: int, quick: bool) -> SeedResult:

@@ -32,25 +32,16 @@ from pathlib import Path
 
 import torch
 
+from priorkit.baselines.ood import class_mahalanobis_fit, class_mahalanobis_score, ssd_fit, ssd_score
 from priorkit.core.seeding import seed_everything
 from priorkit.data.ood import ood_split, shift_noise_views
 from priorkit.experiments.base import Check, Experiment, SeedResult
 from priorkit.metrics import auroc, fpr_at_95_tpr
 from priorkit.models import MLP
-from priorkit.prototypes.palm import (
-    PALMConfig,
-    PALMLoss,
-    PALMNet,
-    class_mahalanobis_fit,
-    class_mahalanobis_score,
-    embed,
-    ssd_fit,
-    ssd_score,
-    train_palm,
-)
+from priorkit.prototypes.palm import SPEC, PALMHook, PALMNet, embed
 from priorkit.train import Augment, TrainConfig, Trainer
 
-EPOCHS, QUICK_EPOCHS, BATCH, MOMENTUM = 150, 100, 256, 0.99
+EPOCHS, QUICK_EPOCHS, BATCH = 150, 100, 256
 _views = partial(shift_noise_views, max_shift=1, sigma=0.1, image_shape=(8, 8))
 
 
@@ -65,9 +56,10 @@ def _ood_metrics(s_in: torch.Tensor, s_out: dict[str, torch.Tensor], suffix: str
 def _palm_side(data, seed: int, m: int, k: int, epochs: int) -> dict[str, float]:  # noqa: ANN001
     seed_everything(seed)
     net = PALMNet(MLP(64, (256, 128), data.num_classes), proj_dim=32, hidden=128)
-    loss = PALMLoss(data.num_classes, 32, num_protos=m, k=k, momentum=MOMENTUM, seed=seed)
-    cfg = PALMConfig(epochs=epochs, batch_size=BATCH, seed=seed)
-    hist = train_palm(net, loss, data.train.x, data.train.y, cfg, augment=_views)
+    settings = {**SPEC.presets["small"], "num_protos": m, "k": k, "epochs": epochs}  # momentum 0.99 at this scale
+    hook = PALMHook(data.num_classes, 32, **settings, seed=seed, augment=_views)
+    cfg = TrainConfig(epochs=epochs, batch_size=BATCH, seed=seed, progress=False)
+    hist = Trainer(net, data.train, recipe=hook.recipe(), hooks=[hook], config=cfg).fit()
     fit = ssd_fit(embed(net, data.train.x))
     s_in = ssd_score(fit, embed(net, data.test.x))
     outs = {n: ssd_score(fit, embed(net, d.x)) for n, d in data.ood.items()}

@@ -39,7 +39,8 @@ from priorkit.data.ood import shift_noise_views
 from priorkit.experiments.base import Check, Experiment, SeedResult
 from priorkit.metrics.clustering import split_cluster_acc
 from priorkit.models import MLP
-from priorkit.prototypes.protogcd import ProtoGCD, ProtoGCDConfig, train_protogcd
+from priorkit.prototypes.protogcd import ProtoGCD, ProtoGCDRecipe
+from priorkit.train import TrainConfig, fit
 
 PROJ = (256, 256, 64)
 _views = partial(shift_noise_views, max_shift=1, sigma=0.1, image_shape=(8, 8))
@@ -80,28 +81,29 @@ def _scores(pred: torch.Tensor, y: torch.Tensor, old: torch.Tensor, prefix: str 
     }
 
 
-def _train(data, seed: int, cfg: ProtoGCDConfig) -> ProtoGCD:  # noqa: ANN001
+def _train(data, seed: int, settings: dict) -> ProtoGCD:  # noqa: ANN001
     seed_everything(seed)
     model = ProtoGCD(MLP(64, (256, 128), data.num_classes), data.num_classes, proj_dims=PROJ)
-    tr = data.train
-    train_protogcd(model, tr.x, tr.y, data.train_labelled_mask, cfg, augment=_views)
+    recipe = ProtoGCDRecipe(data.train_labelled_mask, **settings, augment=_views)
+    fit(model, data.train, recipe, config=TrainConfig(epochs=settings["epochs"], batch_size=128, seed=seed,
+                                                     progress=False))  # fmt: skip
     return model
 
 
 def run(seed: int, quick: bool) -> SeedResult:
     data = gcd_split("digits", old_classes=(0, 1, 2, 3, 4), prop_labelled=0.5, seed=seed)
     epochs = 40 if quick else 100
-    base = dict(epochs=epochs, ramp=epochs // 2, batch_size=128, lr=0.1, weight_decay=5e-5, seed=seed)
+    base = dict(epochs=epochs, ramp=epochs // 2, lr=0.1, weight_decay=5e-5)
     unl, old_u = data.unlabelled, data.unlabelled_old_mask
     # method
-    model = _train(data, seed, ProtoGCDConfig(**base))
+    model = _train(data, seed, base)
     method = _scores(model.predict(unl.x), unl.y, old_u)
     method.update(_scores(model.predict(data.test.x), data.test.y, data.test_old_mask, "test_"))
     if not quick:  # ablation (b): no ratio ramp, no debiasing terms (full mode only, for time)
-        abl = _train(data, seed, ProtoGCDConfig(**{**base, "r1": 0.0, "w_ent": 0.0, "w_sep": 0.0}))
+        abl = _train(data, seed, {**base, "r1": 0.0, "w_ent": 0.0, "w_sep": 0.0})
         method.update(_scores(abl.predict(unl.x), unl.y, old_u, "ablation_"))
     # baseline (a): contrastive representation + semi-supervised k-means
-    gcd = _train(data, seed, ProtoGCDConfig(**base, objective="contrastive"))
+    gcd = _train(data, seed, {**base, "objective": "contrastive"})
     gcd.eval()
     with torch.no_grad():
         feats = torch.cat([gcd.features(data.train.x), gcd.features(data.test.x)])

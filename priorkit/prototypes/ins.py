@@ -46,12 +46,13 @@ scikit-learn (:mod:`priorkit.metrics.mil`).
 Example::
 
     from priorkit.data.mil import mil_gaussian
-    from priorkit.prototypes.ins import INS, INSConfig, INSTrainer, evaluate, mlp_encoder
+    from priorkit.prototypes.ins import INS, INSHook, evaluate, mlp_encoder
+    from priorkit.train import TrainConfig, fit
 
     data = mil_gaussian(num_bags=(20, 20), bag_size=10, dim=8, seed=0)
     model = INS(mlp_encoder(8, 32), feature_dim=32, low_dim=16, queue_size=64)
-    trainer = INSTrainer(model, data.train, INSConfig(epochs=3, batch_size=32, prot_start=1, seed=0))
-    history = trainer.fit()                  # one dict per epoch: cls, cont, bag, phi
+    hook = INSHook(data.train, epochs=3, prot_start=1)
+    history = fit(model, None, hook.recipe(), hooks=[hook], config=TrainConfig(batch_size=32, seed=0))
     scores = model.instance_scores(data.test.x)   # p(pos) per instance
     print(evaluate(model, data.test))        # {'instance_auc': ..., 'bag_auc': ...}
 """
@@ -59,31 +60,70 @@ Example::
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from priorkit.core.errors import (
+    NonFiniteError,
     PriorkitError,
     check_choice,
-    check_finite_losses,
     check_positive_int,
     check_range,
     check_shape,
 )
-from priorkit.core.seeding import rng_state, seed_everything, set_rng_state
+from priorkit.core.spec import MethodSpec
+from priorkit.data.datasets import IndexedTensorDataset
 from priorkit.data.mil import MILBags
 from priorkit.metrics.mil import AGGREGATORS, bag_scores, mil_metrics
+from priorkit.nn import distributed as D
+from priorkit.nn.contrastive import moco_info_nce as moco_loss
+from priorkit.nn.contrastive import supcon_loss
 from priorkit.nn.memory import PerSampleMemory
-from priorkit.train import distributed as D
-from priorkit.train.checkpoint import load_checkpoint, save_checkpoint
+from priorkit.nn.views import global_views
+from priorkit.train.engine import RunState, shuffled_batches
+from priorkit.train.hooks import Batch, Hook
+from priorkit.train.recipe import Phase, Recipe
+
+__all__ = [
+    "INS",
+    "SPEC",
+    "INSHook",
+    "INSNet",
+    "bag_constraint_loss",
+    "bag_predictions",
+    "candidate_sets",
+    "confidence_update",
+    "evaluate",
+    "masked_pseudo_labels",
+    "mlp_encoder",
+    "moco_loss",
+    "noise_views",
+    "partial_loss",
+    "phi_at",
+    "prototype_ema",
+    "prototype_ema_sequential",
+    "prototype_scores",
+    "pseudo_label_mask",
+    "supcon_loss",
+    "uniform_confidence",
+    "warmup_targets",
+]
+
+_PAPER = {
+    "epochs": 40, "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-3, "prot_start": 1, "phi_range": (0.95, 0.8),
+    "loss_weight": 0.5, "w_l": 0.5, "bag_head": "mean_prob", "aggregator": "mean", "bag_batch": 1,
+}  # fmt: skip
+SPEC = MethodSpec(
+    status="implemented",
+    entry="INSHook",
+    missing="WSI tiling/feature caching and the DSMIL/attention teacher heads not built; the small-scale claim does "
+    "not reproduce (SupCon collapse with a from-scratch MLP encoder, see the experiment docstring)",
+    presets={"paper": _PAPER, "small": {**_PAPER, "prot_start": 5}},
+)
 
 BAG_HEADS = ("mean_prob", "official")
 NEG, POS = 0, 1
@@ -202,41 +242,6 @@ def partial_loss(logits: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor
     return -(F.log_softmax(logits, dim=1) * confidence).sum(dim=1).mean()
 
 
-def supcon_loss(
-    features: torch.Tensor,
-    mask: torch.Tensor,
-    batch_size: int,
-    temperature: float = 0.07,
-    base_temperature: float = 0.07,
-) -> torch.Tensor:
-    """SupCon over the first ``batch_size`` rows (anchors) against all rows of ``features``.
-
-    ``mask[i, j] = 1`` when row ``j`` is a positive of anchor ``i``; self (column ``i``) is excluded. Every
-    anchor must keep at least one positive (its own key guarantees it in INS).
-    """
-    check_shape("features", features, [None, None])
-    check_shape("mask", mask, [batch_size, features.shape[0]])
-    logits = features[:batch_size] @ features.t() / temperature
-    logits = logits - logits.max(dim=1, keepdim=True).values.detach()
-    not_self = torch.ones_like(logits)
-    not_self[torch.arange(batch_size), torch.arange(batch_size)] = 0.0
-    pos = mask.float().detach() * not_self
-    npos = pos.sum(1)
-    if bool((npos == 0).any()):
-        raise PriorkitError("every anchor needs at least one positive besides itself (check the mask)")
-    log_prob = logits - torch.log((torch.exp(logits) * not_self).sum(1, keepdim=True) + 1e-12)
-    mean_log_prob_pos = (pos * log_prob).sum(1) / npos
-    return -(temperature / base_temperature) * mean_log_prob_pos.mean()
-
-
-def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
-    """MoCo InfoNCE (warm-up): the key of the same instance is the positive, the queue the negatives."""
-    check_shape("k", k, list(q.shape))
-    check_shape("queue", queue, [None, q.shape[1]])
-    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.t()], dim=1) / temperature
-    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
-
-
 def pseudo_label_mask(pseudo_labels: torch.Tensor, batch_size: int) -> torch.Tensor:
     """``[batch_size, N]`` positives mask: entries sharing the anchor's pseudo-label."""
     check_shape("pseudo_labels", pseudo_labels, [None])
@@ -336,25 +341,6 @@ class INSNet(nn.Module):
         return self.fc(f), F.normalize(self.head(f), dim=1)
 
 
-class _GatherWithGrad(torch.autograd.Function):
-    """All-gather of equal-sized rank blocks whose backward sums the gradient over ranks and keeps this rank's rows."""
-
-    @staticmethod
-    def forward(ctx: Any, t: torch.Tensor) -> torch.Tensor:
-        ctx.n, ctx.start = t.shape[0], D.rank() * t.shape[0]
-        return D.all_gather_cat(t.contiguous())
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
-        g = g.contiguous().clone()
-        dist.all_reduce(g)
-        return g[ctx.start : ctx.start + ctx.n]
-
-
-def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
-    return _GatherWithGrad.apply(t) if D.is_dist() else t
-
-
 class INS(nn.Module):
     """The INS model: query network, momentum key network, key/pseudo-score/candidate queues, two prototypes.
 
@@ -393,7 +379,22 @@ class INS(nn.Module):
     def queue_size(self) -> int:
         return self.queue.shape[0]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        x_s: torch.Tensor | None = None,
+        candidates: torch.Tensor | None = None,
+        *,
+        features: bool = False,
+    ) -> Any:
+        """The classifier's logits; ``features=True``: the encoder features; with ``x_s`` and ``candidates``:
+        one training step (:meth:`step`), so that DDP sees the training forward through the wrapped module."""
+        if x_s is not None:
+            if candidates is None:
+                raise PriorkitError("candidates are needed with x_s (the training step)")
+            return self.step(x, x_s, candidates)
+        if features:
+            return self.encoder_q.features(x)
         return self.encoder_q(x)[0]
 
     @torch.no_grad()
@@ -433,9 +434,15 @@ class INS(nn.Module):
         step's EMA), the contrast ``features`` ``[q_local; q_other_ranks; k_global; queue]`` and their
         ``pseudo_labels`` (candidate-masked argmax), with the local anchors first.
         """
+        for name, t in (("x_w", x_w), ("x_s", x_s)):
+            if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+                raise PriorkitError(f"{name} must be a floating-point tensor, got {getattr(t, 'dtype', type(t))}")
         check_shape("candidates", candidates, [x_w.shape[0], 2])
         if x_s.shape != x_w.shape:
             raise PriorkitError(f"x_s must have the shape of x_w {list(x_w.shape)}, got {list(x_s.shape)}")
+        bad = torch.tensor([float(not bool(torch.isfinite(x_w).all() and torch.isfinite(x_s).all()))])
+        if float(D.all_reduce_sum(bad)) > 0:  # every rank refuses together, before any state is written
+            raise NonFiniteError("x_w or x_s holds NaN or infinite values (on some rank): the step is refused")
         logits, q = self.encoder_q(x_w)
         with torch.no_grad():
             pred = torch.softmax(logits.detach(), dim=1) * candidates
@@ -448,7 +455,7 @@ class INS(nn.Module):
             k_all, pred_all, cand_all = (D.all_gather_cat(t) for t in (k, pred, candidates))
             queue, queue_pseudo = self.queue.clone(), self.queue_pseudo.clone()
             self.enqueue(k_all, pred_all, cand_all)
-        q_glob = gather_with_grad(q)
+        q_glob = D.gather_with_grad(q)
         b, start = q.shape[0], D.rank() * q.shape[0]
         order = torch.cat(
             [torch.arange(start, start + b), torch.arange(0, start), torch.arange(start + b, len(q_glob))]
@@ -467,236 +474,174 @@ class INS(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Training (the official two-phase schedule)
+# The entry: the confidence table and the official two-phase schedule as a recipe
 # --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class INSConfig:
-    """INS schedule and losses; defaults are the CAMELYON16 ones (``prot_start=1``, 40 epochs, batch 64,
-    SGD lr 0.01 constant, momentum 0.9, wd 1e-3, loss_weight 0.5, w_l 0.5, phi 0.95 -> 0.8).
-
-    ``bag_constraint_epochs=None`` runs the bag step in the warm-up epochs only, as in the code. ``bag_batch`` bags
-    per bag step (the code: 1; under DDP it must be a multiple of the world size). ``batch_size`` is global.
-    """
-
-    epochs: int = 40
-    batch_size: int = 64
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-3
-    prot_start: int = 1
-    phi_range: tuple[float, float] = (0.95, 0.8)
-    loss_weight: float = 0.5
-    w_l: float = 0.5
-    bag_head: str = "mean_prob"
-    aggregator: str = "mean"
-    bag_constraint_epochs: tuple[int, ...] | None = None
-    bag_batch: int = 1
-    seed: int = 0
-    ckpt_dir: str | None = None
-    stop_after_epoch: int | None = None
-
-    def __post_init__(self) -> None:
-        check_positive_int("epochs", self.epochs)
-        check_positive_int("batch_size", self.batch_size)
-        check_range("lr", self.lr, 0.0, low_inclusive=False)
-        check_positive_int("prot_start", self.prot_start, 0)
-        check_range("loss_weight", self.loss_weight, 0.0)
-        check_range("w_l", self.w_l, 0.0)
-        check_choice("bag_head", self.bag_head, BAG_HEADS)
-        check_choice("aggregator", self.aggregator, AGGREGATORS)
-        check_positive_int("bag_batch", self.bag_batch)
-        if len(self.phi_range) != 2:
-            raise PriorkitError(f"phi_range must be (start, end), got {self.phi_range!r}")
-        for v in self.phi_range:
-            check_range("phi_range", v, 0.0, 1.0)
-
-    def bag_epochs(self) -> set[int]:
-        if self.bag_constraint_epochs is None:
-            return set(range(min(self.prot_start, self.epochs)))
-        return {int(e) for e in self.bag_constraint_epochs}
-
 
 Views = Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
 
-def _sync_grads(params: Sequence[nn.Parameter]) -> None:
-    if not D.is_dist():
-        return
-    for p in params:
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad.div_(D.world_size())
+class INSHook(Hook):
+    """INS's per-instance confidence table (checkpointed) and its schedule, :meth:`recipe`, for an :class:`INS`.
 
+    Warm-up (instance epoch ``< prot_start``): the classifier on the bag label copied to each instance +
+    ``loss_weight`` x MoCo InfoNCE, then a bag-constraint epoch (``w_l`` x :func:`bag_constraint_loss`, ``bag_batch``
+    bags per step); main phase: partial loss on the prototype-refined confidences + ``loss_weight`` x SupCon. One
+    SGD (constant lr) across all phases. The queues, prototypes and key encoder are the model's buffers, so the
+    engine's checkpoint holds them; the confidence table is this hook's state. The global ``batch_size`` is the
+    run config's (the queue size must be a multiple of it; batches drop the last partial one).
 
-class INSTrainer:
-    """Warm-up (``epoch < prot_start``): classifier on the bag label copied to each instance + 0.5 MoCo InfoNCE,
-    then the bag-constraint pass; main phase: partial loss on the prototype-refined confidences + 0.5 SupCon.
-
-    Runs under ``torchrun``/gloo (gradients averaged across ranks; queue, prototypes and confidences from
-    gathered tensors); ``state_dict`` holds the model (queues, prototypes, key encoder), the optimizer, the
-    confidence table and the epoch, and ``fit(resume=True)`` continues from ``ckpt_dir``.
+    Run: ``fit(model, None, hook.recipe(), hooks=[hook], config=TrainConfig(batch_size=64, seed=0))``. Under DDP
+    use ``strategy="ddp_find_unused_parameters_true"`` (the bag step does not use the projection head).
     """
 
-    def __init__(self, model: INS, bags: MILBags, config: INSConfig | None = None, views: Views = noise_views) -> None:
-        self.cfg = config or INSConfig()
+    def __init__(
+        self,
+        bags: MILBags,
+        *,
+        epochs: int = 40,
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-3,
+        prot_start: int = 1,
+        phi_range: tuple[float, float] = (0.95, 0.8),
+        loss_weight: float = 0.5,
+        w_l: float = 0.5,
+        bag_head: str = "mean_prob",
+        aggregator: str = "mean",
+        bag_constraint_epochs: Sequence[int] | None = None,
+        bag_batch: int = 1,
+        views: Views | None = None,
+    ) -> None:
         if not isinstance(bags, MILBags):
             raise PriorkitError(f"bags must be a priorkit.data.mil.MILBags, got {type(bags).__name__}")
-        if model.queue_size % self.cfg.batch_size:
-            raise PriorkitError(
-                f"queue_size ({model.queue_size}) must be a multiple of batch_size ({self.cfg.batch_size})"
-            )
-        if self.cfg.batch_size % D.world_size() or self.cfg.bag_batch % D.world_size():
-            raise PriorkitError(
-                f"batch_size ({self.cfg.batch_size}) and bag_batch ({self.cfg.bag_batch}) must be divisible by "
-                f"the world size ({D.world_size()})"
-            )
-        if len(bags.x) < self.cfg.batch_size:
-            raise PriorkitError(f"batch_size ({self.cfg.batch_size}) exceeds the number of instances ({len(bags.x)})")
-        self.model, self.bags, self.views = model, bags, views
+        check_positive_int("epochs", epochs)
+        check_range("lr", lr, 0.0, low_inclusive=False)
+        check_range("momentum", momentum, 0.0, 1.0)
+        check_range("weight_decay", weight_decay, 0.0)
+        check_positive_int("prot_start", prot_start, 0)
+        check_range("loss_weight", loss_weight, 0.0)
+        check_range("w_l", w_l, 0.0)
+        check_choice("bag_head", bag_head, BAG_HEADS)
+        check_choice("aggregator", aggregator, AGGREGATORS)
+        check_positive_int("bag_batch", bag_batch)
+        if len(phi_range) != 2:
+            raise PriorkitError(f"phi_range must be (start, end), got {phi_range!r}")
+        for v in phi_range:
+            check_range("phi_range", v, 0.0, 1.0)
+        if views is not None and not callable(views):
+            raise PriorkitError(f"views must be a callable (x, generator) -> (weak, strong), got {type(views)}")
+        self.bags, self.epochs, self.lr, self.momentum, self.weight_decay = bags, epochs, lr, momentum, weight_decay
+        self.prot_start, self.phi_range, self.loss_weight, self.w_l = prot_start, tuple(phi_range), loss_weight, w_l
+        self.bag_head, self.aggregator, self.bag_batch = bag_head, aggregator, bag_batch
+        self.views = views if views is not None else noise_views
+        default = set(range(min(prot_start, epochs)))
+        self.bag_epochs = default if bag_constraint_epochs is None else {int(e) for e in bag_constraint_epochs}
         self.candidates = candidate_sets(bags.instance_bag_y)
         self.warmup = warmup_targets(bags.instance_bag_y)
         self.confidence = PerSampleMemory(len(bags.x), 2)
         self.confidence.table.copy_(uniform_confidence(self.candidates))
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(
-            self.params,
-            lr=self.cfg.lr,
-            momentum=self.cfg.momentum,
-            weight_decay=self.cfg.weight_decay,
-        )
-        self.sampler = D.ShardedBatchSampler(len(bags.x), self.cfg.batch_size, drop_last=True, seed=self.cfg.seed)
-        self.bag_sampler = D.ShardedBatchSampler(
-            bags.num_bags, self.cfg.bag_batch, drop_last=True, seed=self.cfg.seed + 1
-        )
-        self.epoch, self.history = 0, []
+        self.data = IndexedTensorDataset(bags.x, bags.instance_bag_y.long())
 
-    # -- one phase ---------------------------------------------------------------------------------------------
-    def _generator(self, epoch: int, step: int) -> torch.Generator:
-        return torch.Generator().manual_seed(((self.cfg.seed * 1_000_003 + epoch) * 100_003 + step) % (2**63))
+    # -- instance steps ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _epoch(state: RunState) -> int:
+        return int(state.phase.options["first_epoch"]) + state.phase_epoch
 
-    def instance_epoch(self, epoch: int) -> dict[str, float]:
-        cfg, model = self.cfg, self.model
-        main = epoch >= cfg.prot_start
-        phi = phi_at(epoch, cfg.epochs, cfg.phi_range)
-        self.sampler.set_epoch(epoch)
-        model.train()
-        sums = {"cls": 0.0, "cont": 0.0}
-        steps = 0
-        for step, local in enumerate(self.sampler):
-            idx = torch.as_tensor(local, dtype=torch.long)
-            x = self.bags.x[idx]
-            glob = (len(x) * D.world_size(), *x.shape[1:])
-            noise_src = torch.zeros(glob, dtype=x.dtype)
-            start = D.rank() * len(x)
-            noise_src[start : start + len(x)] = x
-            x_w, x_s = self.views(noise_src, self._generator(epoch, step))
-            x_w, x_s = x_w[start : start + len(x)], x_s[start : start + len(x)]
-            cand = self.candidates[idx]
-            out = model.step(x_w, x_s, cand)
-            b = len(idx)
-            if main:
-                conf = confidence_update(self.confidence.read(idx), out["score_prot"], cand, phi)
-                self.confidence.write(idx, conf)
-                mask = pseudo_label_mask(out["pseudo_labels"], b)
-                cont = supcon_loss(out["features"], mask, b, model.temperature)
-                cls = partial_loss(out["logits"], conf)
-            else:
-                queue_start = out["features"].shape[0] - model.queue_size
-                # the queue *before* this step's enqueue sits at the end of the contrast set
-                cont = moco_loss(out["q"], out["k"], out["features"][queue_start:].detach(), model.temperature)
-                cls = partial_loss(out["logits"], self.warmup[idx])
-            check_finite_losses({"cls": cls, "cont": cont}, step)
-            loss = cls + cfg.loss_weight * cont
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            _sync_grads(self.params)
-            self.optimizer.step()
-            sums["cls"] += float(D.all_reduce_mean(cls.detach()))
-            sums["cont"] += float(D.all_reduce_mean(cont.detach()))
-            steps += 1
-        return {k: v / max(steps, 1) for k, v in sums.items()} | {"phi": phi if main else float("nan")}
+    def _instance_plan(self, state: RunState) -> list[list[int]]:
+        bs = state.phase.batch_size or state.config.batch_size
+        model = state.model
+        if bs % state.world_size:
+            raise PriorkitError(f"batch_size ({bs}) must be divisible by the world size ({state.world_size})")
+        if getattr(model, "queue_size", bs) % bs:
+            raise PriorkitError(f"queue_size ({model.queue_size}) must be a multiple of batch_size ({bs})")
+        if len(self.data) < bs:
+            raise PriorkitError(f"batch_size ({bs}) exceeds the number of instances ({len(self.data)})")
+        return shuffled_batches(len(self.data), bs, seed=state.config.seed, epoch=self._epoch(state), drop_last=True)
 
-    def bag_epoch(self, epoch: int) -> float:
-        cfg, model = self.cfg, self.model
-        self.bag_sampler.set_epoch(epoch)
-        model.train()
-        total, steps = 0.0, 0
-        for local in self.bag_sampler:
-            parts, ys = [], []
-            for b in local:
-                xb, _ = self.bags.bag(b)
-                ys.append(self.bags.bag_y[b])
-                if cfg.bag_head == "mean_prob":
-                    parts.append(model.encoder_q(xb)[0])
-                else:
-                    parts.append(model.encoder_q.features(xb))
-            kw = {"logits": parts} if cfg.bag_head == "mean_prob" else {"features": parts}
-            loss = cfg.w_l * bag_constraint_loss(torch.stack(ys), head=cfg.bag_head, aggregator=cfg.aggregator, **kw)
-            check_finite_losses({"bag": loss}, steps)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            _sync_grads(self.params)
-            self.optimizer.step()
-            total += float(D.all_reduce_mean(loss.detach()))
-            steps += 1
-        return total / max(steps, 1)
+    def _instance_batch(self, state: RunState, local: torch.Tensor) -> Batch:
+        (x_w, x_s), y, index = global_views(state, self.views, 2, pair=True)
+        cand = self.candidates[index].to(x_w.device)
+        return Batch(x=x_w, y=y, index=index, extras={"x_s": x_s, "candidates": cand})
 
-    # -- loop, checkpoints -------------------------------------------------------------------------------------
+    @staticmethod
+    def _instance_forward(net: nn.Module, batch: Batch) -> Any:
+        return net(batch.x, batch.extras["x_s"], batch.extras["candidates"])
+
+    def _instance_loss(self, state: RunState, batch: Batch) -> dict[str, torch.Tensor]:
+        epoch, out, idx, b = self._epoch(state), batch.output, batch.index, len(batch)
+        temp = state.model.temperature
+        if epoch >= self.prot_start:
+            phi = phi_at(epoch, self.epochs, self.phi_range)
+            state.log(phi=phi)
+            cand = batch.extras["candidates"]
+            conf = confidence_update(self.confidence.read(idx, cand.device), out["score_prot"], cand, phi)
+            self.confidence.write(idx, conf)
+            cont = supcon_loss(out["features"], pseudo_label_mask(out["pseudo_labels"], b), b, temp)
+            cls = partial_loss(out["logits"], conf)
+        else:
+            queue_start = out["features"].shape[0] - state.model.queue_size
+            # the queue *before* this step's enqueue sits at the end of the contrast set
+            cont = moco_loss(out["q"], out["k"], out["features"][queue_start:].detach(), temp)
+            cls = partial_loss(out["logits"], self.warmup[idx].to(out["logits"].device))
+        return {"cls": cls, "cont": self.loss_weight * cont}
+
+    # -- bag steps -----------------------------------------------------------------------------------------------
+    def _bag_plan(self, state: RunState) -> list[list[int]]:
+        if self.bag_batch % state.world_size:
+            raise PriorkitError(f"bag_batch ({self.bag_batch}) must be divisible by the world size "
+                                f"({state.world_size})")  # fmt: skip
+        epoch = self._epoch(state)
+        return shuffled_batches(self.bags.num_bags, self.bag_batch, seed=state.config.seed + 1, epoch=epoch,
+                                drop_last=True)  # fmt: skip
+
+    def _bag_batch(self, state: RunState, local: torch.Tensor) -> Batch:
+        parts = [self.bags.bag(int(b))[0] for b in local]
+        sizes = [len(p) for p in parts]
+        x = torch.cat(parts).to(state.device)
+        return Batch(x=x, y=self.bags.bag_y[local].to(state.device), index=local, extras={"sizes": sizes})
+
+    def _bag_forward(self, net: nn.Module, batch: Batch) -> Any:
+        return net(batch.x, features=self.bag_head == "official")
+
+    def _bag_loss(self, state: RunState, batch: Batch) -> dict[str, torch.Tensor]:
+        parts = list(batch.output.split(batch.extras["sizes"]))
+        kw = {"logits": parts} if self.bag_head == "mean_prob" else {"features": parts}
+        return {"bag": self.w_l * bag_constraint_loss(batch.y, head=self.bag_head, aggregator=self.aggregator, **kw)}
+
+    # -- the recipe ----------------------------------------------------------------------------------------------
+    def recipe(self) -> Recipe:
+        """Instance epochs (grouped into phases) and, after each epoch in the bag-constraint set, one bag epoch;
+        one SGD shared by every phase (``optimizer_key="ins"``)."""
+
+        def opt(model: nn.Module) -> torch.optim.Optimizer:
+            params = [p for p in model.parameters() if p.requires_grad]
+            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+
+        trainable = ["encoder_q"]
+        phases: list[Phase] = []
+        start = 0
+        for e in range(self.epochs):
+            if e in self.bag_epochs or e == self.epochs - 1:
+                phases.append(Phase(
+                    f"instance{start}", epochs=e + 1 - start, trainable=trainable, optimizer=opt, optimizer_key="ins",
+                    loss=self._instance_loss, forward=self._instance_forward, data=self.data,
+                    batches=self._instance_plan, make_batch=self._instance_batch, options={"first_epoch": start},
+                ))  # fmt: skip
+                start = e + 1
+            if e in self.bag_epochs:
+                phases.append(Phase(
+                    f"bag{e}", epochs=1, trainable=trainable, optimizer=opt, optimizer_key="ins", loss=self._bag_loss,
+                    forward=self._bag_forward, data=self.data, batches=self._bag_plan, make_batch=self._bag_batch,
+                    options={"first_epoch": e},
+                ))  # fmt: skip
+        return Recipe(phases, loss_fn=None)
+
+    # -- checkpoint ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "confidence": self.confidence.state_dict(),
-            "epoch": self.epoch,
-            "history": [dict(h) for h in self.history],
-            "config": {
-                k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in ("ckpt_dir", "stop_after_epoch")
-            },
-            "rng": rng_state(),
-        }
+        return {"confidence": self.confidence.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        mine = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in ("ckpt_dir", "stop_after_epoch")}
-        theirs = state.get("config", {})
-        diff = sorted(k for k in mine if k in theirs and _norm(theirs[k]) != _norm(mine[k]))
-        if diff:
-            raise PriorkitError(f"checkpoint was written with a different INSConfig: {', '.join(diff)}")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
         self.confidence.load_state_dict(state["confidence"])
-        self.epoch, self.history = int(state["epoch"]), [dict(h) for h in state["history"]]
-        set_rng_state(state["rng"])
-
-    def checkpoint_path(self) -> Path | None:
-        return Path(self.cfg.ckpt_dir) / "ins_last.pt" if self.cfg.ckpt_dir else None
-
-    def fit(self, resume: bool = False) -> list[dict[str, float]]:
-        """Train from ``self.epoch`` to ``cfg.epochs``; one history dict per epoch (cls, cont, bag, phi)."""
-        path = self.checkpoint_path()
-        if resume:
-            if path is None or not path.is_file():
-                raise PriorkitError("resume=True needs an existing checkpoint in config.ckpt_dir")
-            self.load_state_dict(load_checkpoint(path))
-        elif self.epoch == 0:
-            seed_everything(self.cfg.seed)
-        bag_epochs = self.cfg.bag_epochs()
-        while self.epoch < self.cfg.epochs:
-            e = self.epoch
-            rec = {"epoch": float(e)} | self.instance_epoch(e)
-            rec["bag"] = self.bag_epoch(e) if e in bag_epochs else float("nan")
-            self.history.append(rec)
-            self.epoch = e + 1
-            if path is not None and D.rank() == 0:
-                save_checkpoint(path, self.state_dict())
-            if self.cfg.stop_after_epoch is not None and e >= self.cfg.stop_after_epoch:
-                break
-        return self.history
-
-
-def _norm(v: Any) -> Any:
-    return list(v) if isinstance(v, tuple | list) else v
 
 
 @torch.no_grad()

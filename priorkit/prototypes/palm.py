@@ -7,20 +7,25 @@ top-``k`` prototypes; the prototypes are moved by EMA towards their assigned sam
 U^T Z)``, not by gradients); a maximum-likelihood loss pulls each sample to its weighted prototypes (``L_mle``,
 the vMF-mixture likelihood, eq. 5-6) and a prototype contrastive loss pulls the prototypes of one class together
 and pushes the classes apart (``L_pcon``, eq. 7), which reaches the encoder only through this step's EMA term.
-At test time the encoder features are scored by the class-agnostic SSD+ Mahalanobis score. Reported: CIFAR-100
-as ID with ResNet-34, average AUROC 93.82 over SVHN / Places365 / LSUN / iSUN / Textures, ahead of CIDER and KNN+.
+At test time the encoder features are scored by the class-agnostic SSD+ Mahalanobis score
+(:func:`priorkit.baselines.ood.ssd_fit` / ``ssd_score``). Reported: CIFAR-100 as ID with ResNet-34, average AUROC
+93.82 over SVHN / Places365 / LSUN / iSUN / Textures, ahead of CIDER and KNN+.
 
-Functional core: :func:`sinkhorn`, :func:`class_mask`, :func:`topk_mask`, :func:`assignment_weights`,
-:func:`ema_update`, :func:`mle_loss`, :func:`proto_contrastive_loss`; scores :func:`ssd_fit` / :func:`ssd_score`
-(SSD+), :func:`class_mahalanobis_fit` / :func:`class_mahalanobis_score` and :func:`knn_score` (KNN+).
-Wrappers: :class:`PALMLoss` (the prototype memory, DDP-correct and checkpointable through ``state_dict``),
-:class:`PALMNet` (encoder + MLP head + L2 norm) and :func:`train_palm` (the paper's schedule; runs under
-``torchrun``). PALM has no classifier, so it trains with its own loop rather than :class:`priorkit.train.Trainer`.
+Functional core: :func:`~priorkit.nn.sinkhorn.sinkhorn` (shared, log domain), :func:`class_mask`,
+:func:`topk_mask`, :func:`assignment_weights`, :func:`ema_update`, :func:`mle_loss`, :func:`proto_contrastive_loss`,
+:func:`palm_lr`. Entry: :class:`PALMHook` (the prototype memory and the two loss terms, checkpointed with the run;
+:meth:`PALMHook.recipe` gives the paper's optimisation as a one-phase :class:`~priorkit.train.Recipe`: SGD
+Nesterov, per-step warm-up + cosine, two views of the global batch). :class:`PALMNet` (encoder + MLP head + L2
+norm) is the model it trains; :func:`embed` gives the encoder features the OOD scores use. The other papers'
+scores (SSD+, class-conditional Mahalanobis, KNN+, energy) live in :mod:`priorkit.baselines.ood`.
 
-DDP: the Sinkhorn assignment, the EMA update and ``L_pcon`` use the embeddings gathered from every rank (the
-rank's own rows keep their gradient, scaled by the world size so that DDP's gradient average restores the
-global-batch gradient); ``L_mle`` is the global-batch mean. Every rank then holds the same prototypes, and a
-2-process run equals a 1-process run with the same global batch (``tests/prototypes/test_palm_ddp.py``).
+DDP: the two views are drawn for the *global* batch from a generator seeded by ``(seed, step)`` and each rank
+keeps its rows; the Sinkhorn assignment, the EMA update and ``L_pcon`` use the embeddings gathered with
+:func:`priorkit.nn.distributed.gather_with_grad` (every rank computes the same global ``L_pcon``; the gradient
+all-reduce then DDP's average give the single-process gradient); ``L_mle`` is each rank's share of the
+global-batch mean (``sum of its rows * W / N``), so the phase turns the engine's rescale off. Every rank holds
+the same prototypes, and a 2-process run equals a 1-process run (``tests/prototypes/test_palm_ddp.py``).
+A batch whose embeddings hold NaN/inf is refused before the prototypes are touched.
 
 Official code: jeff024/PALM (``util/loss_functions.py::PALM``, ``trainer.py::train_palm``,
 ``util/evaluations/mahalanobis.py::eval_maha``); an OpenOOD port in ``openood/trainers/palm_trainer.py``.
@@ -33,69 +38,99 @@ Where the card records a quirk of the official code the default follows the pape
 - The official Sinkhorn overflow branch calls an attribute that does not exist; here the normalisations run in
   the log domain (the same arithmetic, with no overflow), in float32.
 
-The SSD+ score is the negative *squared* Mahalanobis distance, as the official code computes (same ranking as
-the distance). Libraries considered: pytorch-ood has Mahalanobis / KNN detectors and OpenOOD the PALM trainer,
-but neither exposes the loss as tensor functions without its framework; the ~200 lines are written here.
+Libraries considered: pytorch-ood has Mahalanobis / KNN detectors (it requires torchvision, see
+:mod:`priorkit.baselines.ood`) and OpenOOD the PALM trainer, but neither exposes the loss as tensor functions
+without its framework; the ~200 lines are written here. Small-scale setting (``SPEC.presets["small"]``):
+prototype momentum 0.99 instead of 0.999, since a CPU run has ~450 steps instead of ~49k.
 
 Example (runs in ``tests/prototypes/test_palm.py``)::
 
     >>> import torch
     >>> from priorkit.models import MLP
-    >>> from priorkit.prototypes.palm import PALMLoss, PALMNet
+    >>> from priorkit.prototypes.palm import PALMHook, PALMNet
     >>> _ = torch.manual_seed(0)
     >>> net = PALMNet(MLP(64, (32,), 2), proj_dim=16)
-    >>> palm = PALMLoss(num_classes=2, feat_dim=16, num_protos=3, k=2)
+    >>> palm = PALMHook(num_classes=2, feat_dim=16, num_protos=3, k=2)
     >>> x, y = torch.rand(8, 64), torch.tensor([0, 1] * 4)
     >>> z = net(torch.cat([x, x + 0.01]))                  # two views, view-major
-    >>> terms = palm(z, y.repeat(2))                       # updates the prototype memory by EMA
+    >>> terms = palm.terms(z, y.repeat(2))                 # updates the prototype memory by EMA
     >>> sorted(terms), palm.prototypes.shape
     (['mle', 'pcon'], torch.Size([6, 16]))
     >>> sum(terms.values()).backward()
+
+Training on a dataset of ``(x, y)`` items (``augment(x, generator)`` makes one view)::
+
+    hook = PALMHook(num_classes=5, feat_dim=32, **SPEC.presets["small"], augment=views)
+    fit(net, train_set, hook.recipe(), hooks=[hook], config=TrainConfig(batch_size=256, seed=0))
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from priorkit.core.errors import PriorkitError, check_choice, check_positive_int, check_range, check_shape
-from priorkit.train import distributed as D
+from priorkit.core.errors import (
+    CheckpointMismatchError,
+    PriorkitError,
+    check_choice,
+    check_finite,
+    check_positive_int,
+    check_range,
+    check_shape,
+)
+from priorkit.core.spec import MethodSpec
+from priorkit.nn import distributed as D
+from priorkit.nn.sinkhorn import sinkhorn
+from priorkit.nn.views import global_views
+from priorkit.train.engine import RunState
+from priorkit.train.hooks import Batch, Hook
+from priorkit.train.recipe import Phase, Recipe
+
+__all__ = [
+    "SPEC",
+    "PALMHook",
+    "PALMNet",
+    "assignment_weights",
+    "class_mask",
+    "ema_update",
+    "embed",
+    "mle_loss",
+    "palm_lr",
+    "proto_contrastive_loss",
+    "sinkhorn",
+    "topk_mask",
+]
+
+SPEC = MethodSpec(
+    status="implemented",
+    entry="PALMHook",
+    missing="unlabelled-ID variant, optional AMP step and ImageNet-100 fine-tuning not built; the near-OOD gain "
+    "over one prototype per class reproduces in full mode only (quick mode: inside the seed spread)",
+    presets={
+        "paper": {
+            "num_protos": 6, "k": 5, "momentum": 0.999, "temperature": 0.1, "epsilon": 0.05, "sinkhorn_iters": 3,
+            "lambda_pcon": 1.0, "pcon_temperature": 0.5, "epochs": 500, "lr": 0.5, "sgd_momentum": 0.9,
+            "weight_decay": 1e-6, "warmup_epochs": 10, "min_lr_ratio": 1e-3,
+        },
+        "small": {
+            "num_protos": 6, "k": 5, "momentum": 0.99, "temperature": 0.1, "epsilon": 0.05, "sinkhorn_iters": 3,
+            "lambda_pcon": 1.0, "pcon_temperature": 0.5, "epochs": 150, "lr": 0.5, "sgd_momentum": 0.9,
+            "weight_decay": 1e-6, "warmup_epochs": 10, "min_lr_ratio": 1e-3,
+        },
+    },
+)  # fmt: skip
 
 TOPK_SOURCES = ("paper", "official")
 PROTO_INITS = ("uniform", "normal")
+ViewFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 # ------------------------------------------------------------------------------------------- functional core
-def sinkhorn(z: torch.Tensor, prototypes: torch.Tensor, epsilon: float = 0.05, iters: int = 3) -> torch.Tensor:
-    """Soft assignments ``Q`` [N, K] of samples to prototypes by Sinkhorn-Knopp on ``exp(z c^T / epsilon)``.
-
-    Alternately each prototype's total is set to ``1/K`` and each sample's to ``1/N``; the result is scaled by
-    ``N`` so every sample's weights sum to 1 (SwAV / PALM). No gradient flows (the inputs are detached).
-    Computed in the log domain in float32: the same numbers as the official exp-then-normalise loop where that
-    does not overflow, and finite where it would (the card's overflow note).
-    """
-    check_range("epsilon", epsilon, 0.0, low_inclusive=False)
-    check_positive_int("iters", iters, 0)
-    if z.dim() != 2 or prototypes.dim() != 2 or z.shape[1] != prototypes.shape[1]:
-        raise PriorkitError(
-            f"z [N, d] and prototypes [K, d] must share d, got {list(z.shape)}, {list(prototypes.shape)}"
-        )
-    with torch.no_grad():
-        logq = (z.detach().float() @ prototypes.detach().float().T / epsilon).T  # [K, N], in the log domain
-        k, n = logq.shape
-        logq = logq - torch.logsumexp(logq.flatten(), dim=0)
-        for _ in range(iters):
-            logq = logq - torch.logsumexp(logq, dim=1, keepdim=True) - math.log(k)
-            logq = logq - torch.logsumexp(logq, dim=0, keepdim=True) - math.log(n)
-        return (torch.exp(logq) * n).T.contiguous()
-
-
 def class_mask(labels: torch.Tensor, num_classes: int, num_protos: int) -> torch.Tensor:
     """``A`` [N, C*M]: ``A[i, j] = 1`` when prototype ``j`` belongs to sample ``i``'s class (``j mod C``)."""
     check_positive_int("num_classes", num_classes)
@@ -182,111 +217,29 @@ def proto_contrastive_loss(prototypes: torch.Tensor, num_classes: int, temperatu
     return -(pos_term - neg_term).mean()
 
 
-class _ScaleGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:  # noqa: ANN401
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN401
-        return g * ctx.scale, None
-
-
-def gather_with_grad(z: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """``(all ranks' rows in rank order, this rank's offset)``. The rank's own rows keep their gradient, scaled
-    by the world size: a term computed identically on every rank from the gathered rows then gets, after DDP's
-    gradient average, the gradient of the single-process run. Identity on one process."""
-    if not D.is_dist():
-        return z, 0
-    sizes = D.all_gather_cat(torch.tensor([z.shape[0]], device=z.device))
-    off = int(sizes[: D.rank()].sum())
-    full = D.all_gather_cat(z.detach())
-    mine = _ScaleGrad.apply(z, float(D.world_size()))
-    return torch.cat([full[:off], mine, full[off + z.shape[0] :]]), off
+def palm_lr(step: int, steps_per_epoch: int, epochs: int, lr: float, warmup_epochs: int = 10,
+            min_lr_ratio: float = 1e-3) -> float:
+    """``adjust_learning_rate`` of the official code: linear warm-up from 0, then cosine to ``min_lr_ratio * lr``."""
+    total, warm = epochs * steps_per_epoch, warmup_epochs * steps_per_epoch
+    if step < warm:
+        return lr * step / warm
+    q = 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+    return lr * q + lr * min_lr_ratio * (1 - q)
 
 
-# ------------------------------------------------------------------------------------------------ scores
-@dataclass
-class SSDPlus:
-    """Fitted SSD+ statistics of L2-normalised training features (mean, std, pseudo-inverse covariance)."""
+# ------------------------------------------------------------------------------------------------ the entry
+class PALMHook(Hook):
+    """PALM as a hook: the prototype memory and its two loss terms ``mle`` and ``pcon`` on the phase's output.
 
-    mean: torch.Tensor
-    std: torch.Tensor
-    precision: torch.Tensor
-
-
-def _l2(f: torch.Tensor) -> torch.Tensor:
-    f = f.detach().double()
-    return f / (f.norm(dim=-1, keepdim=True) + 1e-10)
-
-
-def ssd_fit(train_features: torch.Tensor) -> SSDPlus:
-    """SSD+ (class-agnostic Mahalanobis): L2-normalise, standardise with the train mean and std, and take the
-    pseudo-inverse of the (biased) covariance of the standardised train features."""
-    if train_features.dim() != 2 or len(train_features) < 2:
-        raise PriorkitError(f"train_features must be [N >= 2, d], got {list(train_features.shape)}")
-    f = _l2(train_features)
-    mean, std = f.mean(0), f.std(0, unbiased=False)
-    fs = (f - mean) / (std + 1e-10)
-    fc = fs - fs.mean(0)
-    cov = fc.T @ fc / len(fs)
-    return SSDPlus(mean, std, torch.linalg.pinv(cov, hermitian=True))
-
-
-def ssd_score(fit: SSDPlus, features: torch.Tensor, *, official_centering: bool = False) -> torch.Tensor:
-    """Negative squared Mahalanobis distance to the train distribution (higher = more in-distribution).
-
-    ``official_centering=True`` reproduces ``eval_maha``: the raw (unstandardised) train mean is subtracted from
-    the already standardised features. The default subtracts the standardised train mean, which is zero.
-    """
-    f = _l2(features)
-    fs = (f - fit.mean) / (fit.std + 1e-10)
-    z = fs - fit.mean if official_centering else fs
-    return -(z * (z @ fit.precision)).sum(1)
-
-
-@dataclass
-class ClassMahalanobis:
-    means: torch.Tensor
-    precision: torch.Tensor
-
-
-def class_mahalanobis_fit(train_features: torch.Tensor, labels: torch.Tensor) -> ClassMahalanobis:
-    """Class-conditional Gaussians with a tied covariance (Lee et al., 2018) on L2-normalised features."""
-    f = _l2(train_features)
-    classes = labels.unique()
-    means = torch.stack([f[labels == c].mean(0) for c in classes])
-    cen = f - means[torch.searchsorted(classes, labels)]
-    return ClassMahalanobis(means, torch.linalg.pinv(cen.T @ cen / len(f), hermitian=True))
-
-
-def class_mahalanobis_score(fit: ClassMahalanobis, features: torch.Tensor) -> torch.Tensor:
-    """``-min_c (x - mu_c)^T Sigma^+ (x - mu_c)``."""
-    d = _l2(features).unsqueeze(1) - fit.means.unsqueeze(0)  # [N, C, d]
-    return -torch.einsum("ncd,de,nce->nc", d, fit.precision, d).min(1).values
-
-
-def knn_score(train_features: torch.Tensor, features: torch.Tensor, k: int = 50) -> torch.Tensor:
-    """KNN+ (Sun et al., 2022): minus the distance to the ``k``-th nearest L2-normalised training feature."""
-    check_positive_int("k", k)
-    if k > len(train_features):
-        raise PriorkitError(f"k must be <= the number of training features ({len(train_features)}), got {k}")
-    d = torch.cdist(_l2(features), _l2(train_features))
-    return -d.topk(k, dim=1, largest=False).values[:, -1]
-
-
-# ------------------------------------------------------------------------------------------------ wrappers
-class PALMLoss(nn.Module):
-    """The PALM prototype memory and its two losses. ``forward(z, labels)`` runs one step of the card:
-    Sinkhorn, class mask + top-k, EMA update of the prototypes, ``L_mle`` and ``lambda_pcon * L_pcon``.
-
-    ``z`` [N, d] are unit-norm embeddings of every view (view-major, e.g. ``cat([view1, view2])``) and
-    ``labels`` [N] their classes (``y.repeat(2)``). Defaults are the paper's (CIFAR): ``M=6, k=5, m=0.999,
-    tau=0.1, eps=0.05``, 3 Sinkhorn iterations, ``lambda_pcon=1``, prototype-contrast temperature 0.5.
-    ``num_protos=1, k=1`` is the single-prototype (CIDER-like) variant. The prototypes are a buffer, so
-    ``state_dict`` checkpoints them; their random init is drawn from ``seed`` (``uniform``: ``rand`` then
-    normalise, as the official code; ``normal``: uniform on the sphere).
+    The model's output on a batch is ``z`` [V*b, d], unit-norm embeddings of every view, view-major (what
+    :class:`PALMNet` gives on ``batch.x`` built by :meth:`recipe`); ``batch.y`` [b] holds one label per sample.
+    Each step runs the card: Sinkhorn, class mask + top-k, EMA update of the prototypes, ``L_mle`` and
+    ``lambda_pcon * L_pcon``. Prototype defaults are the paper's (CIFAR): ``M=6, k=5, m=0.999, tau=0.1,
+    eps=0.05``, 3 Sinkhorn iterations, ``lambda_pcon=1``, prototype-contrast temperature 0.5; ``num_protos=1,
+    k=1`` is the single-prototype (CIDER-like) variant. The random init is drawn from ``seed`` (``uniform``:
+    ``rand`` then normalise, as the official code; ``normal``: uniform on the sphere). The optimisation settings
+    (``epochs``, ``lr``, ``sgd_momentum``, ``weight_decay``, ``warmup_epochs``, ``min_lr_ratio``) and
+    ``augment(x, generator) -> view`` are used by :meth:`recipe`; the global batch size is the run config's.
     """
 
     def __init__(
@@ -305,8 +258,15 @@ class PALMLoss(nn.Module):
         topk_source: str = "paper",
         init: str = "uniform",
         seed: int = 0,
+        epochs: int = 500,
+        lr: float = 0.5,
+        sgd_momentum: float = 0.9,
+        weight_decay: float = 1e-6,
+        warmup_epochs: int = 10,
+        min_lr_ratio: float = 1e-3,
+        augment: ViewFn | None = None,
+        n_views: int = 2,
     ) -> None:
-        super().__init__()
         check_positive_int("num_classes", num_classes, 2)
         check_positive_int("feat_dim", feat_dim)
         check_positive_int("num_protos", num_protos)
@@ -321,21 +281,47 @@ class PALMLoss(nn.Module):
         check_range("pcon_temperature", pcon_temperature, 0.0, low_inclusive=False)
         check_choice("topk_source", topk_source, TOPK_SOURCES)
         check_choice("init", init, PROTO_INITS)
-        self.num_classes, self.num_protos, self.k = num_classes, num_protos, k
+        check_positive_int("epochs", epochs)
+        check_range("lr", lr, 0.0, low_inclusive=False)
+        check_range("sgd_momentum", sgd_momentum, 0.0, 1.0)
+        check_range("weight_decay", weight_decay, 0.0)
+        check_positive_int("warmup_epochs", warmup_epochs, 0)
+        check_range("min_lr_ratio", min_lr_ratio, 0.0, 1.0)
+        check_positive_int("n_views", n_views)
+        if augment is not None and not callable(augment):
+            raise PriorkitError(f"augment must be a callable (x, generator) -> view, got {type(augment).__name__}")
+        self.num_classes, self.num_protos, self.k, self.feat_dim = num_classes, num_protos, k, feat_dim
         self.momentum, self.temperature, self.epsilon = momentum, temperature, epsilon
         self.sinkhorn_iters, self.lambda_pcon, self.pcon_temperature = sinkhorn_iters, lambda_pcon, pcon_temperature
         self.topk_source = topk_source
+        self.epochs, self.lr, self.sgd_momentum, self.weight_decay = epochs, lr, sgd_momentum, weight_decay
+        self.warmup_epochs, self.min_lr_ratio = warmup_epochs, min_lr_ratio
+        self.augment, self.n_views = augment, n_views
         g = torch.Generator().manual_seed(seed)
         kk = num_classes * num_protos
         raw = torch.rand(kk, feat_dim, generator=g) if init == "uniform" else torch.randn(kk, feat_dim, generator=g)
-        self.register_buffer("prototypes", F.normalize(raw, dim=1))
+        self.prototypes = F.normalize(raw, dim=1)
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    # -- the step ------------------------------------------------------------------------------------------
+    def terms(self, z: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One PALM step on this rank's embeddings ``z`` [N, d] and their ``labels`` [N]; updates the prototypes.
+
+        Under DDP ``z`` is gathered over ranks for the assignment, the EMA and ``L_pcon``; ``mle`` is this rank's
+        share of the global mean. Non-finite ``z`` or bad ``labels`` raise before the prototypes change.
+        """
+        if not isinstance(z, torch.Tensor) or not z.is_floating_point():
+            raise PriorkitError(f"z must be a floating-point tensor, got {getattr(z, 'dtype', type(z).__name__)}")
         check_shape("z", z, [None, self.prototypes.shape[1]])
+        if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32):
+            raise PriorkitError(f"labels must be an integer tensor, got {getattr(labels, 'dtype', type(labels))}")
         check_shape("labels", labels, [z.shape[0]])
         n_local = z.shape[0]
-        z_all, off = gather_with_grad(z)
-        y_all = D.all_gather_cat(labels) if D.is_dist() else labels
+        z_all = D.gather_with_grad(z)
+        if z_all.shape[0] == 0:
+            raise PriorkitError("z is empty on every rank: PALM needs at least one embedding")
+        check_finite("z", z_all.detach())  # every rank sees the gathered rows: all refuse together
+        y_all = D.all_gather_cat(labels.long())
+        off = D.gather_offset(n_local, z.device)
         protos = self.prototypes.to(z.device, torch.float32)
         mask = class_mask(y_all, self.num_classes, self.num_protos)
         q = sinkhorn(z_all, protos, self.epsilon, self.sinkhorn_iters)
@@ -347,16 +333,58 @@ class PALMLoss(nn.Module):
         per_row = mle_loss(
             z.float(), new, q_new[rows], mask[rows], self.k, self.temperature, topk_from=topk_from, reduction="none"
         )
-        # global-batch mean: DDP averages the ranks' gradients, so each rank contributes sum / N_global * world
-        mle = per_row.sum() * (D.world_size() / z_all.shape[0])
-        terms = {"mle": mle}
+        # this rank's share of the global-batch mean: DDP averages the ranks' gradients (rescale is off)
+        out = {"mle": per_row.sum() * (D.world_size() / z_all.shape[0])}
         if self.lambda_pcon > 0:
-            terms["pcon"] = self.lambda_pcon * proto_contrastive_loss(new, self.num_classes, self.pcon_temperature)
-        self.prototypes = new.detach().to(self.prototypes.dtype)
-        return terms
+            out["pcon"] = self.lambda_pcon * proto_contrastive_loss(new, self.num_classes, self.pcon_temperature)
+        self.prototypes = new.detach().to(self.prototypes.dtype).cpu()
+        return out
 
-    def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, num_protos={self.num_protos}, k={self.k}, momentum={self.momentum}"
+    def extra_loss(self, state: RunState, batch: Batch) -> dict[str, torch.Tensor]:
+        z = batch.output
+        n_views = max(1, len(z) // max(1, len(batch.y))) if isinstance(z, torch.Tensor) else 1
+        return self.terms(z, batch.y.repeat(n_views))  # type: ignore[arg-type]
+
+    # -- the recipe ----------------------------------------------------------------------------------------
+    def make_batch(self, state: RunState, local: torch.Tensor) -> Batch:
+        """``n_views`` views of the global batch drawn from ``(config.seed, step)``; this rank's rows, view-major."""
+        views, y, index = global_views(state, self.augment, self.n_views)
+        return Batch(x=torch.cat(views), y=y, index=index)
+
+    def recipe(self) -> Recipe:
+        """The paper's optimisation as one phase: SGD Nesterov over every parameter, the per-step warm-up +
+        cosine lr of :func:`palm_lr`, the two-view batches of :meth:`make_batch`; the loss is this hook's."""
+
+        def opt(model: nn.Module) -> torch.optim.Optimizer:
+            params = [p for p in model.parameters() if p.requires_grad]
+            return torch.optim.SGD(
+                params, lr=self.lr, momentum=self.sgd_momentum, nesterov=True, weight_decay=self.weight_decay
+            )
+
+        def sched(o: torch.optim.Optimizer, spe: int) -> Any:
+            spe = max(1, spe)
+            return torch.optim.lr_scheduler.LambdaLR(
+                o, lambda s: palm_lr(s, spe, self.epochs, self.lr, self.warmup_epochs, self.min_lr_ratio) / self.lr
+            )
+
+        phase = Phase(
+            "palm", epochs=self.epochs, optimizer=opt, scheduler=sched, interval="step",
+            make_batch=self.make_batch, rescale=False,
+        )  # fmt: skip
+        return Recipe([phase], loss_fn=None)
+
+    # -- checkpoint ----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"prototypes": self.prototypes.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        p = state.get("prototypes")
+        if not isinstance(p, torch.Tensor) or p.shape != self.prototypes.shape:
+            raise CheckpointMismatchError(
+                f"PALM prototypes in the checkpoint have shape {getattr(p, 'shape', None)}, this run "
+                f"{tuple(self.prototypes.shape)}"
+            )
+        self.prototypes = p.clone().to(self.prototypes.dtype)
 
 
 class PALMNet(nn.Module):
@@ -387,99 +415,13 @@ class PALMNet(nn.Module):
         return F.normalize(self.head(self.embed(x)), dim=1)
 
 
-@dataclass
-class PALMConfig:
-    """The paper's optimisation (CIFAR defaults): SGD Nesterov, momentum 0.9, lr 0.5, wd 1e-6, batch 512, 500
-    epochs, linear warm-up over 10 epochs then per-step cosine decay to ``min_lr_ratio * lr``."""
-
-    epochs: int = 500
-    batch_size: int = 512
-    lr: float = 0.5
-    momentum: float = 0.9
-    weight_decay: float = 1e-6
-    warmup_epochs: int = 10
-    min_lr_ratio: float = 1e-3
-    seed: int = 0
-    drop_last: bool = False
-
-    def __post_init__(self) -> None:
-        check_positive_int("epochs", self.epochs)
-        check_positive_int("batch_size", self.batch_size)
-        check_range("lr", self.lr, 0.0, low_inclusive=False)
-        check_positive_int("warmup_epochs", self.warmup_epochs, 0)
-        check_range("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
-
-
-def palm_lr(step: int, steps_per_epoch: int, cfg: PALMConfig) -> float:
-    """``adjust_learning_rate`` of the official code: linear warm-up from 0, then cosine to ``min_lr_ratio * lr``."""
-    total, warm = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
-    if step < warm:
-        return cfg.lr * step / warm
-    q = 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-    return cfg.lr * q + cfg.lr * cfg.min_lr_ratio * (1 - q)
-
-
-def train_palm(
-    net: PALMNet,
-    loss: PALMLoss,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    config: PALMConfig | None = None,
-    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
-) -> list[dict[str, float]]:
-    """Train ``net`` with PALM on ``(x, y)``; returns one record per epoch (mean ``mle``, ``pcon``, ``loss``).
-
-    ``augment(x, generator)`` makes one view (two per sample per step); it is drawn for the whole *global*
-    batch from a generator seeded by ``(seed, step)``, then each rank takes its rows, so under ``torchrun`` (or
-    :func:`priorkit.train.distributed.run_gloo`) the run equals the single-process one. ``config.batch_size``
-    is the global batch. The encoder is wrapped in DDP when a process group is initialised.
-    """
-    cfg = config or PALMConfig()
-    check_shape("y", y, [len(x)])
-    aug = augment if augment is not None else (lambda t, g: t)
-    world, rank = D.world_size(), D.rank()
-    # find_unused_parameters: a priorkit backbone's own classifier head is not used by ``features``
-    model: nn.Module = nn.parallel.DistributedDataParallel(net, find_unused_parameters=True) if D.is_dist() else net
-    opt = torch.optim.SGD(
-        net.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay
-    )
-    sampler = D.ShardedBatchSampler(
-        len(x), cfg.batch_size, drop_last=cfg.drop_last, seed=cfg.seed, rank=0, world_size=1
-    )
-    spe = len(sampler)
-    history, step = [], 0
-    for epoch in range(cfg.epochs):
-        sampler.set_epoch(epoch)
-        net.train()
-        sums = {"mle": 0.0, "pcon": 0.0}
-        nb = 0
-        for glob in sampler:
-            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            xb = x[glob]
-            v1, v2 = aug(xb, g), aug(xb, g)
-            per = -(-len(glob) // world)
-            mine = slice(rank * per, (rank + 1) * per)
-            yb = y[glob][mine]
-            for grp in opt.param_groups:
-                grp["lr"] = palm_lr(step, spe, cfg)
-            z = model(torch.cat([v1[mine], v2[mine]]))
-            terms = loss(z, yb.repeat(2))
-            total = sum(terms.values())
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
-            for k_, v in terms.items():
-                sums[k_] += float(v.detach())
-            nb += 1
-            step += 1
-        rec = {"epoch": float(epoch), **{k_: v / max(nb, 1) for k_, v in sums.items()}}
-        rec["loss"] = rec["mle"] + rec["pcon"]
-        history.append(rec)
-    return history
-
-
 @torch.no_grad()
 def embed(net: PALMNet, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """Encoder features of ``x`` in eval mode (what the OOD scores use)."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2 or len(x) == 0:
+        raise PriorkitError(f"x must be a non-empty floating-point batch [N, ...], got {getattr(x, 'shape', x)}")
+    was = net.training
     net.eval()
-    return torch.cat([net.embed(x[s : s + batch_size]) for s in range(0, len(x), batch_size)])
+    out = torch.cat([net.embed(x[s : s + batch_size]) for s in range(0, len(x), batch_size)])
+    net.train(was)
+    return out

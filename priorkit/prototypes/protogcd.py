@@ -14,15 +14,20 @@ ImageNet-100 and the SSB benchmarks with a smaller Old/New gap than SimGCD; MSP 
 works as an OOD score.
 
 Functional core: :func:`ratio_schedule`, :func:`dapl_targets`, :func:`dapl_loss`, :func:`entropy_regularization`,
-:func:`prototype_separation`, :func:`info_nce`, :func:`supcon`, :func:`protogcd_loss`, :func:`ood_score`.
-Wrappers: :class:`ProtoGCDHead` / :class:`ProtoGCD` (backbone + head) and :func:`train_protogcd` (two views,
-the balanced labelled/unlabelled sampler, SGD with cosine decay, no weight decay on biases and 1-D parameters).
-Metrics: :func:`priorkit.metrics.clustering.split_cluster_acc` (All / Old / New, one Hungarian match).
+:func:`prototype_separation`, :func:`protogcd_loss`, :func:`balanced_indices`, :func:`param_groups`,
+:func:`ood_score`; SimCLR's InfoNCE and SupCon are the shared ones of :mod:`priorkit.nn.contrastive`.
+Entry: :func:`ProtoGCDRecipe` (a one-phase :class:`~priorkit.train.Recipe`: two views of the global batch, the
+balanced labelled/unlabelled sampler as the phase's batch plan, the ratio ramp read from the epoch, SGD with
+cosine decay and no weight decay on biases and 1-D parameters). :class:`ProtoGCD` (backbone +
+:class:`ProtoGCDHead`) is the model it trains. Metrics: :func:`priorkit.metrics.clustering.split_cluster_acc`.
 
-ProtoGCD holds no state across steps (no EMA teacher, no queue), so nothing needs gathering for correctness of
-a memory; but its batch-level terms (the DAPL confidence ranking, the mean prediction of ``L_ent``, the InfoNCE
-negatives) are defined over the whole batch, and the official code runs on one GPU. :func:`train_protogcd`
-therefore refuses to run inside a process group rather than silently computing them per rank.
+ProtoGCD holds no state across steps (no EMA teacher, no queue). Its batch-level terms (the DAPL confidence
+ranking, the mean prediction of ``L_ent``, the InfoNCE/SupCon negatives) are defined over the whole batch: under
+DDP every rank gathers the global batch's projections and logits with
+:func:`priorkit.nn.distributed.gather_with_grad` and computes the global loss, so a W-process run equals the
+1-process run with the same global batch (``tests/prototypes/test_protogcd.py``; the official code runs on one
+GPU). With a priorkit backbone (whose own classifier is unused) run DDP with
+``strategy="ddp_find_unused_parameters_true"``.
 
 Official code: mashijie1028/ProtoGCD (``models/model.py::DINOHead``, ``models/loss.py``, ``train.py``). Defaults
 follow the card: ``tau=0.1``, teacher ``tau_t=0.05``, ``r0=0`` (the argparse default is 0.2; the card's commands
@@ -52,14 +57,55 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from priorkit.core.errors import PriorkitError, check_choice, check_positive_int, check_range, check_shape
-from priorkit.train import distributed as D
+from priorkit.core.errors import (
+    PriorkitError,
+    as_tensor,
+    check_choice,
+    check_finite,
+    check_positive_int,
+    check_range,
+    check_shape,
+)
+from priorkit.core.spec import MethodSpec
+from priorkit.nn import distributed as D
+from priorkit.nn.contrastive import info_nce, supcon_views
+from priorkit.nn.views import global_views
+from priorkit.train.engine import RunState
+from priorkit.train.hooks import Batch
+from priorkit.train.recipe import Phase, Recipe
+
+__all__ = [
+    "SPEC",
+    "ProtoGCD",
+    "ProtoGCDHead",
+    "ProtoGCDRecipe",
+    "balanced_indices",
+    "dapl_loss",
+    "dapl_targets",
+    "entropy_regularization",
+    "ood_score",
+    "param_groups",
+    "protogcd_loss",
+    "prototype_separation",
+    "ratio_schedule",
+]
+
+_PAPER = {
+    "epochs": 200, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-5, "tau": 0.1, "tau_t": 0.05, "r0": 0.0,
+    "r1": 1.0, "ramp": 100, "wait": 0, "lam": 0.35, "w_ent": 2.0, "w_sep": 0.1, "tau_unsup": 1.0, "tau_sup": 0.07,
+}  # fmt: skip
+SPEC = MethodSpec(
+    status="implemented",
+    entry="ProtoGCDRecipe",
+    missing="estimating K and partial ViT fine-tuning not built; the Old/New balance rule does not reproduce",
+    presets={"paper": _PAPER, "small": {**_PAPER, "epochs": 100, "ramp": 50}},
+)
 
 OOD_SCORES = ("msp", "energy", "max_logit", "proto")
 OBJECTIVES = ("protogcd", "contrastive")
@@ -133,42 +179,6 @@ def prototype_separation(prototypes: torch.Tensor, tau: float = 0.1, base_tau: f
     return tau / base_tau * lse.mean()
 
 
-def info_nce(features: torch.Tensor, n_views: int = 2, temperature: float = 1.0) -> torch.Tensor:
-    """SimCLR's InfoNCE on L2-normalised features (view-major): each row's positive is the same sample in the
-    other view(s), negatives every other row (self excluded); cross-entropy, mean over rows."""
-    check_positive_int("n_views", n_views, 2)
-    n = len(features)
-    if n % n_views:
-        raise PriorkitError(f"features has {n} rows, not a multiple of n_views ({n_views})")
-    f = F.normalize(features, dim=1)
-    ids = torch.arange(n // n_views, device=f.device).repeat(n_views)
-    sim = f @ f.T / temperature
-    eye = torch.eye(n, dtype=torch.bool, device=f.device)
-    pos = (ids[:, None] == ids[None, :]) & ~eye
-    logsm = sim.masked_fill(eye, float("-inf")).log_softmax(dim=1)
-    # one positive per row when n_views == 2 (the official code's layout); otherwise each positive is a CE term
-    return -(logsm.masked_fill(~pos, 0.0).sum(1) / pos.sum(1)).mean()
-
-
-def supcon(
-    features: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07, base_temperature: float = 0.07
-) -> torch.Tensor:
-    """Supervised contrastive loss (Khosla et al., 2020) on ``features`` [B, V, d] (normalised inside)."""
-    if features.dim() != 3:
-        raise PriorkitError(f"features must be [B, n_views, d], got {list(features.shape)}")
-    check_shape("labels", labels, [features.shape[0]])
-    b, v, _ = features.shape
-    f = F.normalize(torch.cat(features.unbind(1)), dim=1)
-    lab = labels.repeat(v)
-    s = f @ f.T / temperature
-    s = s - s.max(1, keepdim=True).values.detach()
-    eye = torch.eye(b * v, dtype=torch.bool, device=f.device)
-    pos = (lab[:, None] == lab[None, :]) & ~eye
-    log_prob = s - torch.log((torch.exp(s) * (~eye)).sum(1, keepdim=True))
-    mean_pos = (log_prob * pos).sum(1) / pos.sum(1).clamp_min(1)
-    return -(temperature / base_temperature) * mean_pos.mean()
-
-
 def protogcd_loss(
     proj: torch.Tensor,
     logits: torch.Tensor,
@@ -195,6 +205,13 @@ def protogcd_loss(
     """
     check_choice("objective", objective, OBJECTIVES)
     check_range("lam", lam, 0.0, 1.0)
+    for name, t in (("proj", proj), ("logits", logits), ("prototypes", prototypes)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() != 2 or len(t) == 0:
+            raise PriorkitError(f"{name} must be a non-empty floating-point [N, d] tensor, got "
+                                f"{getattr(t, 'dtype', type(t).__name__)} {list(getattr(t, 'shape', []))}")  # fmt: skip
+        check_finite(name, t.detach())
+    if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32) or labels.dim() != 1:
+        raise PriorkitError(f"labels must be a 1-D integer tensor, got {getattr(labels, 'dtype', type(labels))}")
     b = labels.shape[0]
     check_shape("labelled", labelled, [b])
     check_shape("logits", logits, [n_views * b, prototypes.shape[0]])
@@ -216,7 +233,7 @@ def protogcd_loss(
     terms["unsup"] = (1 - lam) * info_nce(proj, n_views, tau_unsup)
     if has_lab:
         views = torch.stack([p[labelled] for p in proj.chunk(n_views)], dim=1)
-        terms["sup"] = lam * supcon(views, labels[labelled], tau_sup)
+        terms["sup"] = lam * supcon_views(views, labels[labelled], tau_sup)
     else:
         terms["sup"] = proj.sum() * 0.0
     return terms
@@ -320,43 +337,6 @@ class ProtoGCD(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ training
-@dataclass
-class ProtoGCDConfig:
-    """Card defaults (CIFAR-100 commands): 200 epochs, batch 128, SGD lr 0.1 momentum 0.9 wd 5e-5, cosine to
-    ``lr * 1e-3``; tau 0.1, tau_t 0.05, ratio ramp 0 -> 1 over 100 epochs; lam 0.35, w_ent 2, w_sep 0.1."""
-
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-5
-    tau: float = 0.1
-    tau_t: float = 0.05
-    r0: float = 0.0
-    r1: float = 1.0
-    ramp: int = 100
-    wait: int = 0
-    lam: float = 0.35
-    w_ent: float = 2.0
-    w_sep: float = 0.1
-    tau_unsup: float = 1.0
-    tau_sup: float = 0.07
-    objective: str = "protogcd"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_positive_int("epochs", self.epochs)
-        check_positive_int("batch_size", self.batch_size, 2)
-        check_range("lr", self.lr, 0.0, low_inclusive=False)
-        check_range("r0", self.r0, 0.0, 1.0)
-        check_range("r1", self.r1, 0.0, 1.0)
-        check_range("lam", self.lam, 0.0, 1.0)
-        check_range("w_ent", self.w_ent, 0.0)
-        check_range("w_sep", self.w_sep, 0.0)
-        check_choice("objective", self.objective, OBJECTIVES)
-        ratio_schedule(0, self.epochs, self.r0, self.r1, self.ramp, self.wait)  # validates the schedule's cover
-
-
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on weights only: biases and 1-D parameters get none (the official ``get_params_groups``)."""
     decay, no_decay = [], []
@@ -376,55 +356,97 @@ def balanced_indices(labelled: torch.Tensor, generator: torch.Generator) -> torc
     return torch.multinomial(w, len(w), replacement=True, generator=generator)
 
 
-def train_protogcd(
-    model: ProtoGCD,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    labelled: torch.Tensor,
-    config: ProtoGCDConfig | None = None,
+def ProtoGCDRecipe(  # noqa: N802  (the method contract's <Id>Recipe entry)
+    labelled: Any,
+    *,
+    epochs: int = 200,
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-5,
+    tau: float = 0.1,
+    tau_t: float = 0.05,
+    r0: float = 0.0,
+    r1: float = 1.0,
+    ramp: int = 100,
+    wait: int = 0,
+    lam: float = 0.35,
+    w_ent: float = 2.0,
+    w_sep: float = 0.1,
+    tau_unsup: float = 1.0,
+    tau_sup: float = 0.07,
+    objective: str = "protogcd",
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
-) -> list[dict[str, float]]:
-    """Train ``model`` on all training samples ``x`` (labels ``y`` used only where ``labelled``); two views of each
-    batch from ``augment(x, generator)``; batches from :func:`balanced_indices`, ``drop_last`` as the official
-    loader. Returns one record per epoch (mean of each weighted term, ``loss``, ``ratio``)."""
-    if D.is_dist():
-        raise PriorkitError(
-            "train_protogcd runs on one process: its batch-level terms (DAPL ranking, mean-prediction entropy, "
-            "InfoNCE negatives) would silently become per-rank under DDP"
-        )
-    cfg = config or ProtoGCDConfig()
-    check_shape("y", y, [len(x)])
-    check_shape("labelled", labelled, [len(x)])
-    aug = augment if augment is not None else (lambda t, g: t)
-    opt = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr * 1e-3)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    steps = len(x) // cfg.batch_size
-    if steps == 0:
-        raise PriorkitError(f"batch_size ({cfg.batch_size}) is larger than the training set ({len(x)})")
-    history = []
-    for epoch in range(cfg.epochs):
-        ratio = ratio_schedule(epoch, cfg.epochs, cfg.r0, cfg.r1, cfg.ramp, cfg.wait)
-        order = balanced_indices(labelled, gen)
-        model.train()
-        sums: dict[str, float] = {}
-        for s in range(steps):
-            idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-            xb = x[idx]
-            proj, logits, protos = model(torch.cat([aug(xb, gen), aug(xb, gen)]))
-            terms = protogcd_loss(
-                proj, logits, protos, y[idx], labelled[idx], ratio=ratio, tau=cfg.tau, tau_t=cfg.tau_t,
-                lam=cfg.lam, w_ent=cfg.w_ent, w_sep=cfg.w_sep, tau_unsup=cfg.tau_unsup, tau_sup=cfg.tau_sup,
-                objective=cfg.objective,
-            )  # fmt: skip
-            loss = sum(terms.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite ProtoGCD loss at epoch {epoch}: {terms}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) / steps
-        sched.step()
-        history.append({"epoch": float(epoch), "ratio": ratio, **sums, "loss": sum(sums.values())})
-    return history
+) -> Recipe:
+    """ProtoGCD's training as a one-phase recipe for ``fit(model, train_set, recipe, config=...)``.
+
+    ``labelled`` [N] (tensor or array of bools) marks the training samples whose label is used; the others are
+    unlabelled. Per epoch the batches come from :func:`balanced_indices` (``N`` draws with replacement, seeded by
+    ``(config.seed, epoch)``, ``drop_last``), the same on every rank; two views of the global batch come from
+    ``augment(x, generator)`` seeded by ``(config.seed, step)``; the loss is :func:`protogcd_loss` on the
+    gathered global batch with the ratio ``ratio_schedule(epoch)`` (logged as ``ratio``). SGD with momentum,
+    no weight decay on biases and 1-D parameters, cosine decay to ``lr * 1e-3``. Defaults: the card's (CIFAR-100).
+    """
+    lab = as_tensor("labelled", labelled)
+    if lab.dtype != torch.bool or lab.dim() != 1:
+        raise PriorkitError(f"labelled must be a 1-D boolean mask, got {lab.dtype} {list(lab.shape)}")
+    n_lab, n_unl = int(lab.sum()), int((~lab).sum())
+    if n_lab == 0 or n_unl == 0:
+        raise PriorkitError(f"labelled must mark labelled and unlabelled samples, got {n_lab} and {n_unl}")
+    check_positive_int("epochs", epochs)
+    check_range("lr", lr, 0.0, low_inclusive=False)
+    check_range("momentum", momentum, 0.0, 1.0)
+    check_range("weight_decay", weight_decay, 0.0)
+    check_range("r0", r0, 0.0, 1.0)
+    check_range("r1", r1, 0.0, 1.0)
+    check_range("lam", lam, 0.0, 1.0)
+    check_range("w_ent", w_ent, 0.0)
+    check_range("w_sep", w_sep, 0.0)
+    check_range("tau", tau, 0.0, low_inclusive=False)
+    check_range("tau_t", tau_t, 0.0, low_inclusive=False)
+    check_choice("objective", objective, OBJECTIVES)
+    ratio_schedule(0, epochs, r0, r1, ramp, wait)  # validates the schedule's cover
+    if augment is not None and not callable(augment):
+        raise PriorkitError(f"augment must be a callable (x, generator) -> view, got {type(augment).__name__}")
+
+    def plan(state: RunState) -> list[list[int]]:
+        bs = state.phase.batch_size or state.config.batch_size
+        if bs % state.world_size:
+            raise PriorkitError(f"batch_size ({bs}) must be divisible by the world size ({state.world_size})")
+        data = state.phase.data if state.phase.data is not None else state.data
+        if len(data) != len(lab):
+            raise PriorkitError(f"labelled has {len(lab)} entries but the training set {len(data)} samples")
+        steps = len(lab) // bs
+        if steps == 0:
+            raise PriorkitError(f"batch_size ({bs}) is larger than the training set ({len(lab)})")
+        g = torch.Generator().manual_seed(state.config.seed * 100003 + state.epoch)
+        order = balanced_indices(lab, g)
+        return [order[s * bs : (s + 1) * bs].tolist() for s in range(steps)]
+
+    def make_batch(state: RunState, local: torch.Tensor) -> Batch:
+        views, y, index = global_views(state, augment, 2)
+        return Batch(x=torch.cat(views), y=y, index=index, extras={"labelled": lab[index].to(y.device)})
+
+    def loss(state: RunState, batch: Batch) -> dict[str, torch.Tensor]:
+        proj, logits, protos = batch.output
+        ratio = ratio_schedule(state.phase_epoch, epochs, r0, r1, ramp, wait)
+        state.log(ratio=ratio)
+        # the global batch, view-major, on every rank (gradients reach every rank's rows)
+        proj_g = torch.cat([D.gather_with_grad(v) for v in proj.chunk(2)])
+        logits_g = torch.cat([D.gather_with_grad(v) for v in logits.chunk(2)])
+        y_g, lab_g = D.all_gather_cat(batch.y), D.all_gather_cat(batch.extras["labelled"])
+        return protogcd_loss(
+            proj_g, logits_g, protos, y_g, lab_g, ratio=ratio, tau=tau, tau_t=tau_t, lam=lam, w_ent=w_ent,
+            w_sep=w_sep, tau_unsup=tau_unsup, tau_sup=tau_sup, objective=objective,
+        )  # fmt: skip
+
+    def opt(model: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.SGD(param_groups(model, weight_decay), lr=lr, momentum=momentum)
+
+    def sched(o: torch.optim.Optimizer, spe: int) -> Any:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=epochs, eta_min=lr * 1e-3)
+
+    phase = Phase(
+        "protogcd", epochs=epochs, optimizer=opt, scheduler=sched, interval="epoch", loss=loss, batches=plan,
+        make_batch=make_batch, rescale=False,
+    )  # fmt: skip
+    return Recipe([phase], loss_fn=None)

@@ -36,6 +36,7 @@ from priorkit.core.errors import (
 )
 from priorkit.core.seeding import rng_state, seed_everything, set_rng_state
 from priorkit.data.datasets import IndexedTensorDataset
+from priorkit.nn.views import dataset_rows
 from priorkit.train.config import (
     TrainConfig,
     make_optimizer,
@@ -425,14 +426,11 @@ class Trainer:
         idx = torch.as_tensor(local, dtype=torch.long)
         if ph.make_batch is not None:
             return ph.make_batch(s, idx)
-        if isinstance(data, IndexedTensorDataset):  # fast path: no per-item collation
-            x, y, index = data.batch(idx)
-        elif isinstance(data, TensorDataset):
-            parts = [t[idx] for t in data.tensors]
-            if len(parts) < 2:
-                raise PriorkitError("a TensorDataset for training needs at least (x, y) tensors")
-            x, y = parts[0], parts[1]
-            index = parts[2] if len(parts) > 2 else idx
+        if isinstance(data, TensorDataset) and len(data.tensors) > 2:
+            x, y, index = (t[idx] for t in data.tensors[:3])
+        elif isinstance(data, IndexedTensorDataset | TensorDataset) or data is None:
+            x, y = dataset_rows(data, idx)
+            index = idx
         else:
             items = [data[i] for i in local]
             if not items or not isinstance(items[0], tuple | list) or len(items[0]) < 2:

@@ -9,26 +9,29 @@ import torch.nn.functional as F
 
 import priorkit.prototypes.protogcd as pg
 from priorkit.core.errors import PriorkitError
+from priorkit.data.datasets import IndexedTensorDataset
 from priorkit.data.ood import shift_noise_views
 from priorkit.experiments.protogcd import semi_supervised_kmeans
 from priorkit.metrics.clustering import cluster_acc
 from priorkit.models import MLP
+from priorkit.nn.contrastive import info_nce
+from priorkit.nn.contrastive import supcon_views as supcon
 from priorkit.prototypes.protogcd import (
+    SPEC,
     ProtoGCD,
-    ProtoGCDConfig,
+    ProtoGCDRecipe,
     balanced_indices,
     dapl_loss,
     dapl_targets,
     entropy_regularization,
-    info_nce,
     ood_score,
     param_groups,
     protogcd_loss,
     prototype_separation,
     ratio_schedule,
-    supcon,
-    train_protogcd,
 )
+from priorkit.train import TrainConfig, fit
+from priorkit.train.distributed import run_gloo
 
 
 def test_docstring_example_runs():
@@ -182,6 +185,62 @@ def test_balanced_sampler_and_param_groups():
     assert no_decay["weight_decay"] == 0.0
 
 
+def _aug(t, gen):
+    return shift_noise_views(t, gen, sigma=0.05)
+
+
+def _gcd_data():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(48) % 4
+    x = 2.0 * torch.randn(4, 16, generator=g)[y] + 0.4 * torch.randn(48, 16, generator=g)
+    lab = (y < 2) & (torch.arange(48) % 8 < 4)
+    return x, y, lab
+
+
+def _gcd_run(out=None, tmp=None, stop=None, resume=False):
+    torch.set_num_threads(1)
+    x, y, lab = _gcd_data()
+    torch.manual_seed(0)
+    model = ProtoGCD(MLP(16, (32,), 4), 4, proj_dims=(16, 8))
+    strategy = "ddp_find_unused_parameters_true" if torch.distributed.is_initialized() else "auto"
+    cfg = TrainConfig(batch_size=16, seed=1, progress=False, strategy=strategy, ckpt_dir=str(tmp) if tmp else None,
+                      stop_after_epoch=stop)  # fmt: skip
+    fit(model, IndexedTensorDataset(x, y), ProtoGCDRecipe(lab, epochs=4, ramp=2, augment=_aug), config=cfg,
+        resume=resume)  # fmt: skip
+    if out is not None:
+        torch.save(model.state_dict(), out)
+    return model
+
+
+def _ddp_worker(rank, out):
+    _gcd_run(out if rank == 0 else None)
+
+
+def test_two_process_protogcd_equals_one_process(tmp_path):
+    """The batch-level terms (DAPL ranking, entropy of the mean prediction, InfoNCE/SupCon negatives) are
+    computed on the gathered global batch: 2 gloo processes give the 1-process parameters within 1e-6."""
+    out = str(tmp_path / "ddp.pt")
+    run_gloo(_ddp_worker, 2, out)
+    single = _gcd_run().state_dict()
+    multi = torch.load(out, weights_only=True)
+    for k, v in single.items():
+        assert torch.allclose(v, multi[k], atol=1e-6), k
+
+
+def test_resume_is_bit_identical(tmp_path):
+    full = _gcd_run().state_dict()
+    _gcd_run(tmp=tmp_path, stop=1)
+    resumed = _gcd_run(tmp=tmp_path, resume=True).state_dict()
+    for k, v in full.items():
+        assert torch.equal(v, resumed[k]), k
+
+
+def test_spec_presets_build_the_recipe():
+    assert SPEC.entry == "ProtoGCDRecipe"
+    for preset in SPEC.presets.values():
+        ProtoGCDRecipe(torch.tensor([True, False]), **preset)
+
+
 def test_train_protogcd_learns_and_ss_kmeans_pins_labels():
     g = torch.Generator().manual_seed(0)
     y = torch.arange(120) % 4
@@ -189,9 +248,10 @@ def test_train_protogcd_learns_and_ss_kmeans_pins_labels():
     lab = (y < 2) & (torch.arange(120) % 8 < 4)
     torch.manual_seed(0)
     model = ProtoGCD(MLP(16, (32,), 4), 4, proj_dims=(16, 8))
-    cfg = ProtoGCDConfig(epochs=12, batch_size=30, ramp=6, seed=0)
-    hist = train_protogcd(model, x, y, lab, cfg, augment=lambda t, gen: shift_noise_views(t, gen, sigma=0.05))
+    rec = ProtoGCDRecipe(lab, epochs=12, ramp=6, augment=_aug)
+    hist = fit(model, IndexedTensorDataset(x, y), rec, config=TrainConfig(batch_size=30, seed=0, progress=False))
     assert hist[-1]["loss"] < hist[0]["loss"]
+    assert hist[0]["ratio"] == 0.0 and hist[-1]["ratio"] == 1.0
     assert cluster_acc(y[~lab], model.predict(x[~lab])) > 0.9
     assign = semi_supervised_kmeans(x, lab, y, 4, seed=0)
     assert torch.equal(assign[lab], y[lab])
@@ -213,7 +273,7 @@ def test_init_old_prototypes_from_labelled_means():
 
 def test_bad_inputs():
     with pytest.raises(PriorkitError, match="objective must be one of"):
-        ProtoGCDConfig(objective="simgcd")
+        ProtoGCDRecipe(torch.tensor([True, False]), objective="simgcd")
     with pytest.raises(PriorkitError, match="ratio must be in"):
         dapl_targets(torch.randn(4, 3), 1.5)
     with pytest.raises(PriorkitError, match="not a multiple of n_views"):

@@ -1,12 +1,13 @@
 import pytest
 import torch
 
+from priorkit.baselines.gmp import GMP
 from priorkit.core.errors import HookConflictError, NonFiniteLossError
 from priorkit.data import gaussian_mixture
 from priorkit.data.augment import random_shift
 from priorkit.models import MLP
 from priorkit.regularizers import ELR, PSKD
-from priorkit.sparsity import GMP, PDP
+from priorkit.sparsity import PDP
 from priorkit.train import Augment, Hook, TrainConfig, Trainer, load_checkpoint
 
 DATA = gaussian_mixture(300, num_classes=3, dim=6, seed=0)
