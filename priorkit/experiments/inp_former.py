@@ -39,9 +39,10 @@ from priorkit.prototypes.inp_former import (
     INPFormer,
     gaussian_blur,
     image_score,
-    pretrain_encoder,
-    train_inp_former,
+    inp_former_recipe,
+    pretrain_encoder_recipe,
 )
+from priorkit.train import TrainConfig, Trainer
 
 
 def _head(encoder: ConvEncoder, dim: int, decoder: str, seed: int) -> INPFormer:
@@ -82,27 +83,32 @@ def knn_patch_scores(
     return maps, image_score(maps)
 
 
+def _train(model: INPFormer, images: torch.Tensor, *, iters: int, batch: int, seed: int) -> list[dict]:
+    recipe = inp_former_recipe(model, images, iters=iters, batch_size=batch, warmup_iters=min(100, iters // 5))
+    return Trainer(model, None, recipe=recipe, config=TrainConfig(seed=seed, progress=False)).fit()
+
+
 def run(seed: int, quick: bool) -> SeedResult:
     n_train, iters, batch, dim, ae_epochs = (96, 60, 8, 32, 3) if quick else (300, 500, 16, 64, 15)
     data = make_anomaly(n_train, 60 if quick else 150, size=32, seed=seed)
     seed_everything(seed)
     encoder = ConvEncoder(channels=dim, depth=2, stride=2)
-    pretrain_encoder(encoder, data.train, epochs=ae_epochs, seed=seed)
+    cfg = TrainConfig(batch_size=32, seed=seed, progress=False)
+    Trainer(encoder, None, recipe=pretrain_encoder_recipe(encoder, data.train, epochs=ae_epochs), config=cfg).fit()
+    encoder.eval()
     res: SeedResult = {"method": {}, "baseline": {}, "curves": {}}
     for side, decoder in (("method", "inp"), ("baseline", "self_attention")):
         model = _head(encoder, dim, decoder, seed)
-        hist = train_inp_former(
-            model, data.train, iters=iters, batch_size=batch, warmup_iters=min(100, iters // 5), seed=seed
-        )
+        hist = _train(model, data.train, iters=iters, batch=batch, seed=seed)
         res[side] = _scores(model, data)
-        res["curves"][side] = [h["loss"] for h in hist]
+        res["curves"][side] = [h["loss"] for h in hist if "loss" in h]
         if side == "method" and not quick:
             maps, scores = model.predict(data.test, mode="zero_shot")
             res[side]["zero_shot_pixel_auroc"] = pixel_auroc(maps, data.test_masks)
     if not quick:  # 4-shot: INP-Former on 4 normal images per texture vs a kNN patch memory of the same images
         shots = data.few_shot(4, seed=seed)
         model = _head(encoder, dim, "inp", seed)
-        train_inp_former(model, shots, iters=iters, batch_size=batch, warmup_iters=min(100, iters // 5), seed=seed)
+        _train(model, shots, iters=iters, batch=batch, seed=seed)
         few = _scores(model, data)
         res["method"].update({f"4shot_{k}": v for k, v in few.items()})
         maps, scores = knn_patch_scores(encoder, shots, data.test)

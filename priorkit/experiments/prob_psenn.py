@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from priorkit.core.seeding import seed_everything
 from priorkit.data import load_digits
@@ -41,11 +42,11 @@ from priorkit.metrics import auroc
 from priorkit.prototypes.prob_psenn import (
     ProbPSENN,
     PSENNLossConfig,
-    PSENNTrainConfig,
     class_min_logits,
-    train_psenn,
+    prob_psenn_recipe,
     uncertainty_decomposition,
 )
+from priorkit.train import TrainConfig, Trainer
 
 #: KL weight (per data set, i.e. KL / N per sample): 0.01 makes the KL term about 1e-3 of the CE term, as the
 #: card suggests (beta = 1, the plain ELBO, makes it about 0.1 of it).
@@ -98,13 +99,15 @@ def run(seed: int, quick: bool) -> SeedResult:
         "patches": image_patches(len(xt), seed),
         "ambiguous": ambiguous(xt, yt, seed),
     }
-    cfg = PSENNTrainConfig(epochs=40 if quick else 100, lr=1e-3, batch_size=128, num_samples=10, seed=seed)
+    cfg = TrainConfig(batch_size=128, seed=seed, progress=False)
+    epochs = 40 if quick else 100
     loss_cfg = PSENNLossConfig(beta=BETA)
     res: dict[str, dict[str, float]] = {}
     curves: dict[str, dict] = {}
     for side, prob in (("baseline", False), ("method", True)):
         model = make_model(prob, seed)
-        hist = train_psenn(model, x, y, loss_cfg, cfg)
+        recipe = prob_psenn_recipe(model, loss_cfg, epochs=epochs, lr=1e-3, num_samples=10)
+        hist = [h for h in Trainer(model, TensorDataset(x, y), recipe=recipe, config=cfg).fit() if "loss" in h]
         s = 50 if prob else 1
         g = torch.Generator().manual_seed(seed + 1)
         clean = model.uncertainty(xt, s, generator=g)
@@ -126,7 +129,7 @@ def run(seed: int, quick: bool) -> SeedResult:
             for key, f in scores.items():
                 r[f"auroc_{key}_{name}"] = auroc(f(clean), f(u))
         res[side] = r
-        curves[side] = {"loss": [sum(h.values()) for h in hist], "viz": _viz_data(model, xt, yt, clean, seed)}
+        curves[side] = {"loss": [h["loss"] for h in hist], "viz": _viz_data(model, xt, yt, clean, seed)}
     m, b = res["method"], res["baseline"]
     m["mi_minus_msp_best"] = max(m[f"auroc_mi_{k}"] - b[f"auroc_msp_{k}"] for k in ("permuted", "patches"))
     return {"method": m, "baseline": b, "curves": curves}

@@ -38,7 +38,15 @@ from priorkit.core.seeding import seed_everything
 from priorkit.data import load_digits
 from priorkit.experiments.base import Check, Experiment, SeedResult
 from priorkit.metrics.hashing import mean_average_precision, targeted_success_rate
-from priorkit.prototypes.pros_gan import HashMLP, ProSGAN, anchor_code, pgd_targeted_attack, train_dpsh
+from priorkit.prototypes.pros_gan import (
+    HashMLP,
+    ProSGAN,
+    anchor_code,
+    dpsh_recipe,
+    pgd_targeted_attack,
+    pros_gan_recipe,
+)
+from priorkit.train import TrainConfig, Trainer
 
 C, BITS = 10, 16
 
@@ -58,10 +66,11 @@ def _measure(att: ProSGAN, x_adv, x, targets, db_codes, db_labels, true_labels, 
 def _gan_attack(hash_model, data, targets, *, rec_weight, steps, epochs, seed):
     seed_everything(seed)
     att = ProSGAN(hash_model, 64, C, proto_hidden=256, feat_dim=64, hidden=256, rec_weight=rec_weight)
-    att.train_prototype_net(data.train.x, data.train.y, steps=steps, lr=1e-3, seed=seed)
-    att.train_generator(
-        data.train.x, data.train.y, epochs=epochs - epochs // 2, decay_epochs=epochs // 2, lr=1e-3, seed=seed
-    )
+    recipe = pros_gan_recipe(
+        att, data.train.x, data.train.y, steps=steps, prototype_lr=1e-3,
+        epochs=epochs - epochs // 2, decay_epochs=epochs // 2, lr=1e-3,
+    )  # fmt: skip
+    Trainer(att, None, recipe=recipe, config=TrainConfig(seed=seed, progress=False)).fit()
     x = data.test.x[:300]
     start = time.perf_counter()
     x_adv = att.attack(x, targets)
@@ -73,7 +82,8 @@ def run(seed: int, quick: bool) -> SeedResult:
     steps, epochs = (600, 12) if quick else (3000, 30)
     seed_everything(seed)
     hash_model = HashMLP(64, BITS, hidden=128)
-    train_dpsh(hash_model, data.train.x, data.train.y, epochs=30, seed=seed)
+    cfg = TrainConfig(batch_size=128, seed=seed, progress=False)
+    Trainer(hash_model, data.train, recipe=dpsh_recipe(hash_model, epochs=30), config=cfg).fit()
     x, y = data.test.x[:300], data.test.y[:300]
     targets = torch.randint(C, (len(x),), generator=torch.Generator().manual_seed(seed + 1000))
     att, x_adv, sec = _gan_attack(hash_model, data, targets, rec_weight=10.0, steps=steps, epochs=epochs, seed=seed)

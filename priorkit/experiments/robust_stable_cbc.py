@@ -27,22 +27,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch.utils.data import TensorDataset
 
 from priorkit.core.seeding import seed_everything
 from priorkit.data import load_digits
 from priorkit.experiments.base import Check, Experiment, SeedResult
 from priorkit.prototypes.robust_stable_cbc import (
     CBC,
-    CBCTrainConfig,
     RobustStableCBC,
     StableCBC,
+    cbc_recipe,
     certified_accuracy,
     component_distances,
     detection_probability,
     median_init_sigma,
     pgd_l2,
-    train_cbc,
 )
+from priorkit.train import TrainConfig, Trainer
 
 EPS = (0.25, 0.5, 1.0)
 
@@ -66,7 +67,8 @@ def run(seed: int, quick: bool) -> SeedResult:
     x, y, xt, yt = data.train.x, data.train.y, data.test.x, data.test.y
     init = torch.rand(20, 64, generator=torch.Generator().manual_seed(seed)) / 10 + 0.45
     sigma0 = median_init_sigma(x, init)
-    cfg = CBCTrainConfig(epochs=60, lr=1e-2, batch_size=128, seed=seed)
+    cfg = TrainConfig(batch_size=128, seed=seed, progress=False)
+    train = TensorDataset(x, y)
     common = dict(num_components=20, concepts_per_class=2, sigma=sigma0, init_components=init)
     results, curves = {}, {}
     builders = [
@@ -78,7 +80,8 @@ def run(seed: int, quick: bool) -> SeedResult:
     for side, build in builders:
         seed_everything(seed)
         model = build(torch.Generator().manual_seed(seed))
-        curves[side] = {"train_loss": train_cbc(model, x, y, cfg)}
+        hist = Trainer(model, train, recipe=cbc_recipe(model, epochs=60, lr=1e-2), config=cfg).fit()
+        curves[side] = {"train_loss": [h["loss"] for h in hist if "loss" in h]}
         results[side] = _evaluate(model, xt, yt)
         with torch.no_grad():
             curves[side]["radius"] = model.certified_radius(xt, yt).tolist()

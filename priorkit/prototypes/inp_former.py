@@ -30,16 +30,20 @@ here; AUROC comes from scikit-learn (``priorkit.metrics.anomaly``).
 Functional core: :func:`coherence_distance`, :func:`coherence_loss`, :func:`relu_cosine_attention`,
 :func:`scale_grad`, :func:`soft_mining_loss`, :func:`anomaly_map`, :func:`image_score`, :func:`gaussian_blur`.
 Modules: :class:`AggregationBlock` (INP extractor), :class:`PrototypeBlock` (INP-guided decoder block),
-:class:`INPFormer`, :class:`ConvEncoder`; :class:`StableAdamW`; :func:`train_inp_former`.
+:class:`INPFormer` (the public entry), :class:`ConvEncoder`; :class:`StableAdamW`. Training goes through
+:class:`priorkit.train.Trainer`: :func:`inp_former_recipe` (the head) and :func:`pretrain_encoder_recipe` (the
+encoder stand-in).
 
 Example:
 
 >>> import torch
+>>> from priorkit.train import TrainConfig, Trainer
 >>> enc = ConvEncoder(channels=16, depth=2)          # frozen encoder: list of [B, 16, 8, 8] maps
 >>> model = INPFormer(enc, dim=16, num_inp=3, num_heads=2, num_decoder_blocks=2,
 ...                   encoder_groups=((0,), (1,)), decoder_groups=((0,), (1,)))
 >>> images = torch.rand(8, 3, 16, 16)
->>> hist = train_inp_former(model, images, iters=2, batch_size=4, warmup_iters=1)
+>>> recipe = inp_former_recipe(model, images, iters=2, batch_size=4, warmup_iters=1)
+>>> hist = Trainer(model, None, recipe=recipe, config=TrainConfig(progress=False)).fit()
 >>> maps, scores = model.predict(images[:2])
 >>> maps.shape, scores.shape
 (torch.Size([2, 1, 16, 16]), torch.Size([2]))
@@ -50,13 +54,28 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import TensorDataset
 
-from priorkit.core.errors import PriorkitError, check_choice, check_positive_int, check_range, check_shape
+from priorkit.core.errors import (
+    PriorkitError,
+    as_tensor,
+    check_batch,
+    check_choice,
+    check_positive_int,
+    check_range,
+    check_shape,
+)
+from priorkit.core.spec import MethodSpec
+from priorkit.nn.distributed import all_reduce_sum, is_dist
+from priorkit.train import Batch, Phase, Recipe, shuffled_batches
+
+if TYPE_CHECKING:
+    from priorkit.train import RunState
 
 __all__ = [
     "DECODERS",
@@ -72,12 +91,13 @@ __all__ = [
     "coherence_loss",
     "gaussian_blur",
     "image_score",
-    "pretrain_encoder",
+    "inp_former_recipe",
+    "pretrain_encoder_recipe",
     "relu_cosine_attention",
     "scale_grad",
     "soft_mining_factor",
     "soft_mining_loss",
-    "train_inp_former",
+    "warm_cosine",
 ]
 
 DECODERS = ("inp", "self_attention")
@@ -135,10 +155,14 @@ def scale_grad(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 def soft_mining_factor(en: torch.Tensor, de: torch.Tensor, gamma: float = 3.0) -> torch.Tensor:
     """``(delta_n / mean delta)^gamma`` with ``delta_n = 1 - cos_channel(e_n, d_n)``, ``[B, 1, H, W]`` (detached).
 
-    The mean runs over the whole batch and all positions, as in the official ``global_cosine_hm_adaptive``.
+    The mean runs over the whole batch and all positions, as in the official ``global_cosine_hm_adaptive``; under
+    DDP over the global batch (an all-reduce of the sum and count), so W processes weigh as one.
     """
     with torch.no_grad():
         delta = (1.0 - F.cosine_similarity(en, de, dim=1)).unsqueeze(1)
+        if is_dist():
+            tot = all_reduce_sum(torch.stack([delta.sum(), delta.new_tensor(float(delta.numel()))]))
+            return (delta / (tot[0] / tot[1])) ** gamma
         return (delta / delta.mean()) ** gamma
 
 
@@ -361,6 +385,7 @@ class INPFormer(nn.Module):
         return [p for n, p in self.named_parameters() if not n.startswith("encoder.")]
 
     def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
+        images = _check_images(images)
         self.encoder.eval()
         with torch.no_grad():
             feats = list(self.encoder(images))
@@ -450,6 +475,7 @@ class ConvEncoder(nn.Module):
         check_positive_int("channels", channels)
         check_positive_int("depth", depth)
         check_choice("stride", stride, (2, 4))
+        self.in_channels = in_channels
         stem: list[nn.Module] = []
         for i in range(stride // 2):
             stem += [nn.Conv2d(in_channels if i == 0 else channels, channels, 4, stride=2, padding=1)]
@@ -464,7 +490,11 @@ class ConvEncoder(nn.Module):
             up += [nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1), nn.ReLU()]
         self.decoder = nn.Sequential(*up, nn.Conv2d(channels, in_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, *, reconstruct: bool = False) -> list[torch.Tensor] | torch.Tensor:
+        """The stage maps; ``reconstruct=True`` returns the auto-encoder's reconstruction (pretraining)."""
+        if reconstruct:
+            return self.decoder(self(x)[-1])
+        check_shape("images", x, (None, self.in_channels, None, None))
         x = self.stem(x)
         outs = []
         for s in self.stages:
@@ -473,35 +503,7 @@ class ConvEncoder(nn.Module):
         return outs
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self(x)[-1])
-
-
-def pretrain_encoder(
-    encoder: ConvEncoder,
-    images: torch.Tensor,
-    *,
-    epochs: int = 10,
-    batch_size: int = 32,
-    lr: float = 2e-3,
-    seed: int = 0,
-) -> list[float]:
-    """Auto-encoder pretraining (MSE) of :class:`ConvEncoder` on normal images; returns the loss per epoch."""
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(encoder.parameters(), lr=lr)
-    encoder.train()
-    hist = []
-    for _ in range(epochs):
-        perm, tot = torch.randperm(len(images), generator=g), 0.0
-        for i in range(0, len(images), batch_size):
-            x = images[perm[i : i + batch_size]]
-            loss = F.mse_loss(encoder.reconstruct(x), x)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            tot += float(loss.detach()) * len(x)
-        hist.append(tot / len(images))
-    encoder.eval()
-    return hist
+        return self(x, reconstruct=True)
 
 
 # ------------------------------------------------------------------------------------------------- training
@@ -567,7 +569,38 @@ def warm_cosine(it: int, total: int, warmup: int, base: float, final: float) -> 
     return final + 0.5 * (base - final) * (1 + math.cos(math.pi * t))
 
 
-def train_inp_former(
+def _check_images(images: torch.Tensor) -> torch.Tensor:
+    images = as_tensor("images", images)
+    check_batch("images", images, dim=4)
+    return images
+
+
+def _image_data(images: torch.Tensor) -> TensorDataset:
+    return TensorDataset(images, torch.zeros(len(images), dtype=torch.long))
+
+
+def pretrain_encoder_recipe(
+    encoder: ConvEncoder, images: torch.Tensor, *, epochs: int = 10, lr: float = 2e-3
+) -> Recipe:
+    """Auto-encoder pretraining (MSE, Adam ``lr``) of the :class:`ConvEncoder` stand-in on normal ``images``
+    ``[N, 3, H, W]``, as one engine phase (batch size and seed from the run's config; the data is built here,
+    so ``Trainer(encoder, None, recipe=...)``)."""
+    if not isinstance(encoder, ConvEncoder):
+        raise PriorkitError(f"encoder must be a ConvEncoder, got {type(encoder).__name__}")
+    images = _check_images(images)
+    check_positive_int("epochs", epochs)
+    check_range("lr", lr, 0.0, low_inclusive=False)
+
+    def loss(state: RunState, batch: Batch) -> dict[str, torch.Tensor]:
+        return {"mse": F.mse_loss(batch.output, batch.x)}
+
+    adam = lambda m: torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=lr)  # noqa: E731
+    phase = Phase("pretrain", epochs=epochs, data=_image_data(images), optimizer=adam, loss=loss,
+                  forward=lambda net, b: net(b.x, reconstruct=True))  # fmt: skip
+    return Recipe([phase], loss_fn=None)
+
+
+def inp_former_recipe(
     model: INPFormer,
     images: torch.Tensor,
     *,
@@ -580,36 +613,61 @@ def train_inp_former(
     grad_clip: float = 0.1,
     gamma: float = 3.0,
     coherence_weight: float = 0.2,
-    seed: int = 0,
-) -> list[dict[str, float]]:
-    """Train the head on normal ``images`` for ``iters`` steps (reshuffled epochs, drop-last as the official
-    loader; with fewer images than ``batch_size`` every step sees all of them). Returns per-step loss terms."""
+) -> Recipe:
+    """Train the head on normal ``images`` for ``iters`` steps, as engine phases: :class:`StableAdamW`, linear
+    warm-up over ``warmup_iters`` then cosine to ``final_lr`` per step, gradient-norm clip ``grad_clip``, the loss
+    ``L_sm + coherence_weight L_c``. Reshuffled drop-last epochs as the official loader (with fewer images than
+    ``batch_size`` every step sees all of them); the last epoch is cut at the step budget. The frozen encoder
+    never trains. Run with ``Trainer(model, None, recipe=...)`` (the data is built here; seed from the config).
+    """
+    if not isinstance(model, INPFormer):
+        raise PriorkitError(f"model must be an INPFormer, got {type(model).__name__}")
+    images = _check_images(images)
     check_positive_int("iters", iters)
     check_positive_int("batch_size", batch_size)
+    check_positive_int("warmup_iters", warmup_iters, 0)
+    check_range("lr", lr, 0.0, low_inclusive=False)
+    check_range("final_lr", final_lr, 0.0)
     check_range("coherence_weight", coherence_weight, 0.0)
     check_range("gamma", gamma, 0.0)
     check_range("grad_clip", grad_clip, 0.0, low_inclusive=False)
-    params = model.trainable_parameters()
-    opt = StableAdamW(params, lr=lr, weight_decay=weight_decay)
-    g = torch.Generator().manual_seed(seed)
     bs = min(batch_size, len(images))
-    model.train()
-    hist: list[dict[str, float]] = []
-    perm, pos = torch.randperm(len(images), generator=g), 0
-    for it in range(iters):
-        if pos + bs > len(images):
-            perm, pos = torch.randperm(len(images), generator=g), 0
-        x = images[perm[pos : pos + bs]]
-        pos += bs
-        for group in opt.param_groups:
-            group["lr"] = warm_cosine(it, iters, warmup_iters, lr, final_lr)
-        terms = model.loss(model(x), gamma=gamma, coherence_weight=coherence_weight)
-        if not torch.isfinite(terms["loss"]):
-            raise FloatingPointError(f"non-finite INP-Former loss at step {it}: {float(terms['loss'])}")
-        opt.zero_grad()
-        terms["loss"].backward()
-        nn.utils.clip_grad_norm_(params, grad_clip)
-        opt.step()
-        hist.append({k: float(v.detach()) for k, v in terms.items()})
-    model.eval()
-    return hist
+    per_epoch = len(images) // bs
+
+    def plan(state: RunState) -> list[list[int]]:
+        left = iters - state.phase_epoch * per_epoch
+        order = shuffled_batches(len(images), bs, seed=state.config.seed, epoch=state.epoch, drop_last=True)
+        return order[: min(per_epoch, left)]
+
+    def loss(state: RunState, batch: Batch) -> dict[str, torch.Tensor]:
+        terms = model.loss(batch.output, gamma=gamma, coherence_weight=coherence_weight)
+        return {"soft_mining": terms["soft_mining"], "coherence": terms["coherence"]}
+
+    def opt(m: nn.Module) -> torch.optim.Optimizer:
+        return StableAdamW(model.trainable_parameters(), lr=lr, weight_decay=weight_decay)
+
+    def sched(o: torch.optim.Optimizer, spe: int) -> Any:
+        return torch.optim.lr_scheduler.LambdaLR(o, lambda it: warm_cosine(it, iters, warmup_iters, lr, final_lr) / lr)
+
+    trainable = [n for n, _ in model.named_children() if n != "encoder"]
+    trainable += ["inp_tokens"] if model.inp_tokens is not None else []
+    phase = Phase("fit", epochs=-(-iters // per_epoch), trainable=trainable, optimizer=opt, scheduler=sched,
+                  interval="step", loss=loss, data=_image_data(images), batches=plan, grad_clip=grad_clip)  # fmt: skip
+    return Recipe([phase], loss_fn=None)
+
+
+SPEC = MethodSpec(
+    status="implemented",
+    entry="INPFormer",
+    missing="DINOv2-reg ViT-B/14 encoder not used (stand-in: a conv auto-encoder pretrained on normal images); "
+    "MVTec/VisA/Real-IAD loaders, AUPRO and the 256-px map resize not built; claim not reproduced",
+    presets={
+        "paper": {"num_inp": 6, "num_heads": 12, "num_decoder_blocks": 8,
+                  "encoder_groups": ((0, 1, 2, 3), (4, 5, 6, 7)), "decoder_groups": ((0, 1, 2, 3), (4, 5, 6, 7)),
+                  "coherence_weight": 0.2, "gamma": 3.0, "lr": 1e-3, "final_lr": 1e-4, "warmup_iters": 100,
+                  "weight_decay": 1e-4, "grad_clip": 0.1, "batch_size": 16, "iters": 10000},
+        "small": {"dim": 32, "num_inp": 6, "num_decoder_blocks": 2, "encoder_groups": ((0,), (1,)),
+                  "decoder_groups": ((0,), (1,)), "iters": 60, "batch_size": 8, "warmup_iters": 12,
+                  "encoder": "ConvEncoder(channels=32, depth=2, stride=2), pretrained 3 epochs"},
+    },
+)  # fmt: skip

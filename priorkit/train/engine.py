@@ -106,6 +106,7 @@ class RunState:
         self.schedulers: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
         self._logged: dict[str, list[float]] = defaultdict(list)
+        self.stop_requested = False
 
     # --------------------------------------------------------------------------------------- properties
     @property
@@ -133,6 +134,12 @@ class RunState:
     def backward(self, loss: torch.Tensor) -> None:
         """Backward through Fabric (precision scaling, DDP gradient sync); for ``manual`` phases."""
         self.fabric.backward(loss)
+
+    def request_stop(self) -> None:
+        """End the run after the current epoch (early stopping); the checkpoint of that epoch is still written.
+
+        Under DDP every rank must request it (decide from all-reduced values) or the ranks would diverge."""
+        self.stop_requested = True
 
     def log(self, **values: float) -> None:
         """Add scalar metrics to this epoch's record (averaged over the calls in the epoch)."""
@@ -274,6 +281,7 @@ class Trainer:
             "history": s.history,
             "config": self._config_record(),
             "phases": [p.name for p in self.recipe.phases],
+            "stopped": s.stop_requested,
         }
 
     def _config_record(self) -> dict[str, Any]:
@@ -317,6 +325,7 @@ class Trainer:
         set_rng_state(ckpt["rng"])
         s.phase_index, s.phase_epoch = int(ckpt["phase_index"]), int(ckpt["phase_epoch"])
         s.epoch, s.step, s.history = int(ckpt["epoch"]), int(ckpt["step"]), list(ckpt["history"])
+        s.stop_requested = bool(ckpt.get("stopped", False))
 
     def save(self) -> None:
         if self.checkpoint_path is not None:
@@ -335,6 +344,8 @@ class Trainer:
                 raise FileNotFoundError(f"resume=True but no checkpoint at {self.checkpoint_path}")
             self._restore(self.fabric.load(self.checkpoint_path, weights_only=True))
             start_phase, start_epoch = s.phase_index, s.phase_epoch
+            if s.stop_requested:  # the run ended early (request_stop): nothing left to do
+                return s.history
         total = self.recipe.epochs
         bar = tqdm(
             total=total,
@@ -381,7 +392,7 @@ class Trainer:
                 self._finish_phase(index)
             if self.cfg.ckpt_dir and (s.epoch % self.cfg.ckpt_every == 0 or s.epoch == self.recipe.epochs or last):
                 self.save()
-            if self.cfg.stop_after_epoch is not None and s.epoch - 1 >= self.cfg.stop_after_epoch:
+            if s.stop_requested or (self.cfg.stop_after_epoch is not None and s.epoch - 1 >= self.cfg.stop_after_epoch):
                 return True
         if ph.epochs == 0:
             self._finish_phase(index)

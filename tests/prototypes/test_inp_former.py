@@ -20,6 +20,7 @@ from priorkit.prototypes.inp_former import (
     soft_mining_factor,
     soft_mining_loss,
 )
+from priorkit.train import Hook, TrainConfig, Trainer
 
 
 def _model(decoder="inp", dim=16, m=3):
@@ -138,8 +139,12 @@ def test_forward_shapes_training_and_zero_shot_map():
     torch.testing.assert_close(terms["loss"], terms["soft_mining"] + terms["coherence"])
     torch.testing.assert_close(terms["coherence"], 0.2 * out.coherence)
     enc_before = [p.clone() for p in m.encoder.parameters()]
-    hist = inp.train_inp_former(m, x, iters=3, batch_size=2, warmup_iters=1)
-    assert len(hist) == 3 and all(math.isfinite(h["loss"]) for h in hist)
+    recipe = inp.inp_former_recipe(m, x, iters=3, batch_size=2, warmup_iters=1)
+    lrs = []
+    opt_hook = _LR(lrs)
+    hist = Trainer(m, None, recipe=recipe, hooks=[opt_hook], config=TrainConfig(progress=False)).fit()
+    assert len(lrs) == 3 and lrs[0] == 0.0 and lrs[1] == pytest.approx(1e-3)  # warm-up then cosine, per step
+    assert len(hist) == 2 and all(math.isfinite(h["loss"]) for h in hist)  # 2 images/step: 2 epochs for 3 steps
     assert all(torch.equal(a, b) for a, b in zip(enc_before, m.encoder.parameters()))  # frozen encoder
     maps, scores = m.predict(x, mode="zero_shot", blur=False)
     out = m(x)
@@ -170,3 +175,46 @@ def test_bad_inputs():
     m = INPFormer(enc, 32, num_decoder_blocks=2, encoder_groups=((0,), (1,)), decoder_groups=((0,), (1,)))
     with pytest.raises(PriorkitError, match="encoder output"):
         m(torch.rand(2, 3, 16, 16))  # encoder gives 16 channels, head expects 32
+
+
+class _LR(Hook):
+    def __init__(self, out):
+        self.out = out
+
+    def on_step_end(self, state, batch):
+        self.out.append(state.optimizer.param_groups[0]["lr"])
+
+
+def _fit_head(tmp=None, stop=None, resume=False):
+    torch.manual_seed(0)
+    m = _model()
+    x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    cfg = TrainConfig(seed=2, progress=False, ckpt_dir=str(tmp) if tmp else None, stop_after_epoch=stop)
+    recipe = inp.inp_former_recipe(m, x, iters=5, batch_size=2, warmup_iters=2)
+    return m, Trainer(m, None, recipe=recipe, config=cfg).fit(resume=resume)
+
+
+def test_recipe_resume_is_bit_identical(tmp_path):
+    full, h_full = _fit_head()
+    _fit_head(tmp_path, stop=0)
+    resumed, h = _fit_head(tmp_path, resume=True)
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert [r.get("loss") for r in h] == [r.get("loss") for r in h_full]
+
+
+def test_pretrain_recipe_and_bad_images():
+    enc = ConvEncoder(channels=8, depth=1)
+    x = torch.rand(4, 3, 8, 8)
+    recipe = inp.pretrain_encoder_recipe(enc, x, epochs=2)
+    hist = Trainer(enc, None, recipe=recipe, config=TrainConfig(batch_size=2)).fit()
+    assert len(hist) == 2 and hist[1]["mse"] < hist[0]["mse"] * 1.5
+    bad = x.clone()
+    bad[1, 0, 0, 0] = float("nan")
+    with pytest.raises(PriorkitError, match="images holds 1 NaN"):
+        inp.pretrain_encoder_recipe(enc, bad)
+    m = _model()
+    with pytest.raises(PriorkitError, match="images holds"):
+        inp.inp_former_recipe(m, bad, iters=2)
+    with pytest.raises(PriorkitError, match="images must have 4"):
+        m(torch.rand(3, 16, 16))

@@ -199,3 +199,31 @@ def test_bad_input() -> None:
         learning_curve(lambda a, b: None, xs, ys, xs, ys, [1])
     with pytest.raises(PriorkitError, match="increasing"):
         learning_curve(lambda a, b: None, xs, ys, xs, ys, [10, 4])
+
+
+def test_partial_fit_nan_chunk_leaves_statistics_unchanged() -> None:
+    x, y = _data()
+    nb = GaussianNB(3).fit(x, y)
+    before = nb.state_dict()
+    bad = x[:10].clone()
+    bad[2, 1] = float("nan")
+    with pytest.raises(PriorkitError, match="x holds NaN"):
+        nb.partial_fit(bad, y[:10])
+    with pytest.raises(PriorkitError, match="y: labels must lie"):
+        nb.partial_fit(x[:10], y[:10] + 3)
+    assert all(torch.equal(v, nb.state_dict()[k]) for k, v in before.items())
+
+
+def test_sgd_early_stopping_through_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, y = simulate(10, 3, 60, seed=0)
+    calls = []
+    orig = nbmod._EarlyStopping.on_epoch_end
+    monkeypatch.setattr(nbmod._EarlyStopping, "on_epoch_end", lambda self, s: (calls.append(s.epoch), orig(self, s)))
+    # one input point with all three labels: the error is 2/3 whatever the weights, so it never improves after
+    # the first check and the run stops after 1 + patience checks
+    ex, ey = torch.zeros(3, 10), torch.arange(3)
+    pred = fit_logistic_sgd(x, y, 3, eval_x=ex, eval_y=ey, epochs=50, check_every=2, patience=3)
+    assert pred.model.weight.shape == (3, 10)  # type: ignore[attr-defined]
+    assert calls == list(range(8))  # checks after epochs 1, 3, 5, 7: the first is the best, 3 more end the run
+    with pytest.raises(PriorkitError, match="eval_y: labels must lie"):
+        fit_logistic_sgd(x, y, 3, eval_x=x, eval_y=y + 5)

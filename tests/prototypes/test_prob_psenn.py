@@ -3,25 +3,26 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from priorkit.core.errors import PriorkitError
 from priorkit.prototypes.prob_psenn import (
     ProbPrototypeLayer,
     ProbPSENN,
     PSENNLossConfig,
-    PSENNTrainConfig,
     class_min_logits,
     explanation_entropy,
     gaussian_kl,
     latent_distances,
     mc_log_predictive,
     prob_psenn_loss,
+    prob_psenn_recipe,
     psenn_regularizers,
     sample_prototypes,
-    train_psenn,
     uncertainty_decomposition,
     uninformed_threshold,
 )
+from priorkit.train import TrainConfig, Trainer
 
 
 def _model(prob=True, seed=0, **kw):
@@ -140,7 +141,7 @@ def test_loss_terms_and_short_training():
     cfg = PSENNLossConfig(beta=1.0)
     terms = prob_psenn_loss(m, x, y, m(x, 4), cfg, len(x))
     assert set(terms) == {"ce", "ae", "r1", "r2", "kl"}
-    hist = train_psenn(m, x, y, cfg, PSENNTrainConfig(epochs=30, lr=1e-2, batch_size=20, num_samples=4))
+    hist = _fit(m, x, y, cfg, epochs=30)
     assert hist[-1]["ce"] < hist[0]["ce"]
     acc = (m.uncertainty(x, 10)["predictive"].argmax(1) == y).float().mean()
     assert float(acc) > 0.9
@@ -184,3 +185,46 @@ def test_experiment_ood_sets():
     assert torch.equal(xp.sort(1).values, x.sort(1).values) and not torch.equal(xp, x)
     y = torch.tensor([0, 1, 2, 0, 1])
     assert ambiguous(x, y, 0).shape[1] == 64
+
+
+def _fit(m, x, y, cfg=None, *, epochs, **config):
+    tc = TrainConfig(batch_size=20, seed=0, progress=False, **config)
+    recipe = prob_psenn_recipe(m, cfg, epochs=epochs, lr=1e-2, num_samples=4)
+    resume = bool(config) and "stop_after_epoch" not in config
+    hist = Trainer(m, TensorDataset(x, y), recipe=recipe, config=tc).fit(resume=resume)
+    return [h for h in hist if "loss" in h]
+
+
+def _toy(n=40):
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, 64, generator=g), torch.arange(n) % 3
+
+
+def test_recipe_resume_is_bit_identical(tmp_path):
+    """Prototype draws are seeded by (seed, step): a resumed run draws and ends as an uninterrupted one."""
+    x, y = _toy()
+    full = _model()
+    h_full = _fit(full, x, y, epochs=3)
+    _fit(_model(), x, y, epochs=3, ckpt_dir=str(tmp_path), stop_after_epoch=0)
+    resumed = _model()
+    h = _fit(resumed, x, y, epochs=3, ckpt_dir=str(tmp_path))
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    assert [r["loss"] for r in h] == [r["loss"] for r in h_full]
+
+
+def test_recipe_refuses_nan_batch_and_bad_labels():
+    x, y = _toy()
+    m = _model()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    bad = x.clone()
+    bad[5, 3] = float("inf")
+    with pytest.raises(PriorkitError, match="x holds"):
+        _fit(m, bad, y, epochs=1)
+    with pytest.raises(PriorkitError, match="y must lie"):
+        _fit(m, x, y + 3, epochs=1)
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(PriorkitError, match="model must be"):
+        prob_psenn_recipe(nn.Linear(2, 2))
+    with pytest.raises(PriorkitError, match="loss_config"):
+        prob_psenn_recipe(m, {"beta": 1.0})

@@ -3,6 +3,7 @@ import doctest
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.data import TensorDataset
 
 import priorkit.prototypes.pros_gan as pg
 from priorkit.core.errors import PriorkitError
@@ -13,13 +14,16 @@ from priorkit.prototypes.pros_gan import (
     ProSGAN,
     anchor_code,
     discriminator_loss,
+    dpsh_recipe,
     gan_targets,
     generator_loss,
     hash_loss,
     pairwise_likelihood_loss,
     pgd_targeted_attack,
+    pros_gan_recipe,
     prototype_net_loss,
 )
+from priorkit.train import TrainConfig, Trainer
 
 
 def _pm1(*shape):
@@ -135,3 +139,79 @@ def test_bad_inputs():
         att.attack(torch.rand(2, 5), torch.tensor([0, 1]))
     with pytest.raises(PriorkitError, match="eps"):
         pgd_targeted_attack(HashMLP(4, 4, hidden=4), torch.rand(2, 4), _pm1(2, 4), eps=0.0)
+
+
+def _attack_run(tmp=None, stop=None, resume=False):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(30, 12, generator=g), torch.arange(30) % 3
+    torch.manual_seed(0)
+    hm = HashMLP(12, 6, hidden=8)
+    cfg = TrainConfig(batch_size=10, seed=1, progress=False, ckpt_dir=str(tmp) if tmp else None, stop_after_epoch=stop)
+    Trainer(hm, TensorDataset(x, y), recipe=dpsh_recipe(hm, epochs=2), config=TrainConfig(batch_size=10)).fit()
+    torch.manual_seed(1)
+    att = ProSGAN(hm, 12, 3, proto_hidden=8, feat_dim=4, hidden=8)
+    recipe = pros_gan_recipe(att, x, y, steps=7, steps_per_epoch=4, prototype_batch_size=6, epochs=2,
+                             decay_epochs=2, batch_size=12, lr=1e-3, prototype_lr=1e-3)  # fmt: skip
+    hist = Trainer(att, None, recipe=recipe, config=cfg).fit(resume=resume)
+    return att, hist, x
+
+
+@pytest.mark.parametrize("stop", [0, 3])  # inside the prototype stage, inside the GAN stage
+def test_gan_recipe_resume_is_bit_identical(tmp_path, stop):
+    full, h_full, x = _attack_run()
+    assert [h.get("phase") for h in h_full if "action" not in h] == ["prototype"] * 2 + ["gan"] * 4
+    _attack_run(tmp_path, stop=stop)
+    resumed, h, _ = _attack_run(tmp_path, resume=True)
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert [r.get("loss") for r in h] == [r.get("loss") for r in h_full]
+    assert not full.hash_model.training  # the frozen target stays in eval mode whatever the engine sets
+    t = torch.tensor([0, 1, 2, 0])
+    assert torch.equal(full.attack(x[:4], t), resumed.attack(x[:4], t))
+
+
+def test_dpsh_recipe_freezes_and_refuses_bad_data():
+    x, y = torch.rand(20, 6), torch.arange(20) % 2
+    hm = HashMLP(6, 4, hidden=8)
+    hist = Trainer(hm, TensorDataset(x, y), recipe=dpsh_recipe(hm, epochs=3), config=TrainConfig(batch_size=10)).fit()
+    assert len([h for h in hist if "action" not in h]) == 3
+    assert not any(p.requires_grad for p in hm.parameters())
+    bad = x.clone()
+    bad[0, 0] = float("nan")
+    hm2 = HashMLP(6, 4, hidden=8)
+    before = {k: v.clone() for k, v in hm2.state_dict().items()}
+    with pytest.raises(PriorkitError, match="x holds"):
+        Trainer(hm2, TensorDataset(bad, y), recipe=dpsh_recipe(hm2), config=TrainConfig(batch_size=20)).fit()
+    assert all(torch.equal(v, hm2.state_dict()[k]) for k, v in before.items())
+    att = ProSGAN(HashMLP(6, 4, hidden=8), 6, 2, proto_hidden=8, feat_dim=4, hidden=8)
+    with pytest.raises(PriorkitError, match="x holds"):
+        pros_gan_recipe(att, bad, y)
+
+
+def _dpsh_fit():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(24, 6, generator=g), torch.arange(24) % 3
+    hm = HashMLP(6, 4, hidden=8)
+    cfg = TrainConfig(batch_size=8, seed=0, progress=False)
+    Trainer(hm, TensorDataset(x, y), recipe=dpsh_recipe(hm, epochs=2), config=cfg).fit()
+    return hm
+
+
+def _dpsh_worker(rank, out):
+    torch.set_num_threads(1)
+    hm = _dpsh_fit()
+    if rank == 0:
+        torch.save(hm.state_dict(), out)
+
+
+def test_dpsh_pairs_span_the_global_batch_under_ddp(tmp_path):
+    """The in-batch pairwise likelihood is batch-level: 2 gloo processes (gather_with_grad) equal 1 process."""
+    from priorkit.train.distributed import run_gloo
+
+    single = _dpsh_fit()
+    out = str(tmp_path / "ddp.pt")
+    run_gloo(_dpsh_worker, 2, out)
+    multi = torch.load(out, weights_only=True)
+    for k, v in single.state_dict().items():
+        assert torch.allclose(v, multi[k], atol=1e-6), k

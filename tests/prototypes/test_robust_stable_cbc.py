@@ -3,14 +3,15 @@ import math
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from priorkit.core.errors import PriorkitError
 from priorkit.prototypes.robust_stable_cbc import (
     CBC,
-    CBCTrainConfig,
     RobustStableCBC,
     StableCBC,
     cbc_reasoning,
+    cbc_recipe,
     certified_accuracy,
     class_scores,
     decode_requiredness,
@@ -23,8 +24,8 @@ from priorkit.prototypes.robust_stable_cbc import (
     squared_distance_radius,
     stable_cbc_certified_radius,
     stable_cbc_reasoning,
-    train_cbc,
 )
+from priorkit.train import TrainConfig, Trainer
 
 D = torch.float64  # the certificate is compared with attacks: work in double precision
 
@@ -147,8 +148,15 @@ def _trained(cls, squared=False, **kw):
     torch.manual_seed(0)
     m = cls(2, 3, num_components=6, concepts_per_class=2, sigma=0.3, generator=torch.Generator().manual_seed(0),
             distance="squared_euclidean" if squared else "euclidean", **kw).double()  # fmt: skip
-    train_cbc(m, x, y, CBCTrainConfig(epochs=30, lr=2e-2, batch_size=40))
+    _fit(m, x, y, epochs=30, lr=2e-2)
     return m, x, y
+
+
+def _fit(m, x, y, *, epochs, lr, **cfg):
+    config = TrainConfig(batch_size=40, seed=0, progress=False, **cfg)
+    return Trainer(m, TensorDataset(x, y), recipe=cbc_recipe(m, epochs=epochs, lr=lr), config=config).fit(
+        resume=cfg.get("stop_after_epoch") is None and cfg.get("ckpt_dir") is not None
+    )
 
 
 @pytest.mark.parametrize("squared", [False, True])
@@ -258,3 +266,41 @@ def test_bad_inputs():
         stable_cbc_certified_radius(det, reasoning, 1.0, torch.zeros(6, dtype=torch.long), torch.zeros(6).long())
     with pytest.raises(PriorkitError, match="eps"):
         certified_accuracy(torch.zeros(3), -0.1)
+
+
+def _small(cls=CBC):
+    return cls(2, 3, num_components=4, concepts_per_class=1, sigma=0.3, generator=torch.Generator().manual_seed(0))
+
+
+def test_recipe_resume_is_bit_identical(tmp_path):
+    """The engine run stops after epoch 1 and resumes: it ends where an uninterrupted run does."""
+    x, y = _blobs(60)
+    x = x.float()
+    full = _small()
+    hist_full = _fit(full, x, y, epochs=4, lr=2e-2)
+    part = _small()
+    _fit(part, x, y, epochs=4, lr=2e-2, ckpt_dir=str(tmp_path), stop_after_epoch=1)
+    resumed = _small()
+    hist = _fit(resumed, x, y, epochs=4, lr=2e-2, ckpt_dir=str(tmp_path))
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    assert [h.get("loss") for h in hist] == [h.get("loss") for h in hist_full]
+    # the constraints hold after the engine run (projected after the last step)
+    assert bool((resumed.chopstick >= 0).all()) and bool((resumed.chopstick <= 1).all())
+    assert bool((resumed.components >= 0).all()) and bool((resumed.components <= 1).all())
+
+
+def test_recipe_refuses_nan_batch_and_bad_labels():
+    x, y = _blobs(40)
+    x = x.float()
+    m = _small(RobustStableCBC)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    bad = x.clone()
+    bad[3, 0] = float("nan")
+    with pytest.raises(PriorkitError, match="x holds"):
+        _fit(m, bad, y, epochs=1, lr=1e-2)
+    with pytest.raises(PriorkitError, match="y must lie"):
+        _fit(m, x, y + 5, epochs=1, lr=1e-2)
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(PriorkitError, match="model must be"):
+        cbc_recipe(torch.nn.Linear(2, 3))
