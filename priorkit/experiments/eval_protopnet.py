@@ -58,9 +58,10 @@ import torch
 from priorkit.core.seeding import seed_everything
 from priorkit.data.parts import parts_splits
 from priorkit.experiments.base import Check, Experiment, SeedResult
+from priorkit.experiments.protopnet import train_protopnet, train_prototype_recipe
+from priorkit.metrics import accuracy
 from priorkit.metrics.interpretability import interpretability_scores
 from priorkit.models import Conv4
-from priorkit.prototypes._common import PhaseSchedule, train_prototype_model
 from priorkit.prototypes.eval_protopnet import (
     EvalProtoPNet,
     default_schedule,
@@ -68,7 +69,8 @@ from priorkit.prototypes.eval_protopnet import (
     renormalize_prototypes,
     visual_push,
 )
-from priorkit.prototypes.protopnet import ProtoPNet, protopnet_loss_fn
+from priorkit.prototypes.protopnet_base import upsample_map
+from priorkit.train import predict
 
 N_CLASSES = 4
 HALF_SIZE = 4.0
@@ -80,13 +82,6 @@ def _cfg(quick: bool) -> dict:
     if quick:
         return dict(n_train=240, n_test=200, width=16, dim=32, k=4, epochs=8, warm=2, step=3, ll=5, ablation=False)
     return dict(n_train=1200, n_test=400, width=32, dim=32, k=4, epochs=25, warm=5, step=7, ll=10, ablation=True)
-
-
-@torch.no_grad()
-def _acc(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    model.eval()
-    out = torch.cat([model(x[s : s + 500]) for s in range(0, len(x), 500)])
-    return float((out.argmax(1) == y).float().mean())
 
 
 @torch.no_grad()
@@ -103,7 +98,9 @@ def _scores(model: torch.nn.Module, test, seed: int) -> dict[str, float]:
         noise_std=NOISE_STD,
         seed=seed,
     )
-    return {**s, "acc": _acc(model, test.images, test.labels)}
+    # predict restores the module mode; the model is in eval mode here already (set above; the recipe's fit
+    # also leaves it in eval mode), which is what the old local _acc left behind for the figures
+    return {**s, "acc": accuracy(predict(model, test.images, batch_size=500), test.labels)}
 
 
 def _train_eval(train, c: dict, seed: int, align: bool) -> EvalProtoPNet:
@@ -116,29 +113,18 @@ def _train_eval(train, c: dict, seed: int, align: bool) -> EvalProtoPNet:
         batch_size=32,
         joint_lrs={"backbone": 1e-3, "add_on": 3e-3, "prototypes": 3e-3, "sa": 1e-6},
     )
-    train_prototype_model(
-        model, train.images, train.labels, make_loss_fn(), schedule, after_step=renormalize_prototypes, seed=seed
+    train_prototype_recipe(
+        model, train.images, train.labels, schedule, seed, loss=make_loss_fn(), after_step=renormalize_prototypes
     )
     return model
 
 
 def _train_protopnet(train, c: dict, seed: int):
-    seed_everything(seed)
-    model = ProtoPNet(Conv4(3, c["width"], N_CLASSES, pools=2), N_CLASSES, c["k"], c["dim"])
-    last = c["epochs"] - 1
-    schedule = PhaseSchedule(
-        epochs=c["epochs"],
-        warm_epochs=c["warm"],
-        push_start=last,
-        push_every=last,
-        last_layer_epochs=c["ll"],
-        joint_lrs={"backbone": 1e-3, "add_on": 3e-3, "prototypes": 3e-3},
-        joint_step_size=c["step"],
-        joint_gamma=0.2,
-        batch_size=32,
+    last = c["epochs"] - 1  # one push, after the last epoch
+    pc = dict(c, push_start=last, push_every=last)
+    model, push, _ = train_protopnet(
+        train.images, train.labels, pc, 3, N_CLASSES, seed, joint_step_size=c["step"], joint_gamma=0.2, batch_size=32
     )
-    hist = train_prototype_model(model, train.images, train.labels, protopnet_loss_fn, schedule, seed=seed)
-    push = [h["push"] for h in hist if h["stage"] == "push"][-1]
     return model, push
 
 
@@ -194,8 +180,6 @@ def _argmax_figure(models: dict, test, path: Path, n_images: int = 6) -> Path:
     with the part keypoints: a consistent prototype keeps its box on the same part across the row."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
-
-    from priorkit.prototypes._common import upsample_map
 
     idx = torch.nonzero(test.labels == 0, as_tuple=True)[0][:n_images]
     kp = test.keypoints()[idx]

@@ -44,11 +44,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from priorkit.core.seeding import seed_everything
 from priorkit.data.parts import PartsData, parts_splits, shape_coverage
 from priorkit.experiments.base import Check, Experiment, SeedResult
-from priorkit.models import Conv4
-from priorkit.prototypes._common import PhaseSchedule, train_prototype_model
+from priorkit.experiments.protopnet import train_protopnet
+from priorkit.metrics import accuracy
 from priorkit.prototypes.explaining_prototypes import (
     explain,
     generalisation_test,
@@ -56,7 +55,7 @@ from priorkit.prototypes.explaining_prototypes import (
     make_perturbations,
     patch_saturation,
 )
-from priorkit.prototypes.protopnet import ProtoPNet, protopnet_loss_fn
+from priorkit.train import predict
 
 SHAPES = ("disc", "square", "triangle")
 HUES = (0.0, 1.0 / 3.0, 2.0 / 3.0)
@@ -88,26 +87,16 @@ def _cfg(quick: bool) -> dict:
 
 
 def _train(x: torch.Tensor, y: torch.Tensor, n_classes: int, c: dict, seed: int):
-    seed_everything(seed)
-    model = ProtoPNet(Conv4(3, 16, n_classes, pools=2), n_classes, 3, 16)
-    schedule = PhaseSchedule(
-        epochs=c["epochs"],
-        warm_epochs=c["warm"],
-        push_start=c["push"],
-        push_every=c["push"],
-        last_layer_epochs=c["ll"],
-        joint_lrs={"backbone": 1e-3, "add_on": 3e-3, "prototypes": 3e-3},
-        batch_size=32,
-    )
-    hist = train_prototype_model(model, x, y, protopnet_loss_fn, schedule, seed=seed)
-    push = [h["push"] for h in hist if h["stage"] == "push"][-1]
+    """A tiny ProtoPNet (Conv4 width 16, D 16, 3 prototypes per class), the family's recipe, batch 32."""
+    pc = dict(width=16, dim=16, k=3, epochs=c["epochs"], warm=c["warm"], push_start=c["push"], push_every=c["push"],
+              ll=c["ll"])  # fmt: skip
+    model, push, _ = train_protopnet(x, y, pc, 3, n_classes, seed, batch_size=32)
     return model, push
 
 
-@torch.no_grad()
 def _acc(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    model.eval()
-    return float((model(x).argmax(1) == y).float().mean())
+    # predict restores the module's mode; the recipe's fit leaves the model in eval mode, as the old _acc did
+    return accuracy(predict(model, x), y)
 
 
 def _analyse(model, push, x_tr, x_te, c: dict) -> tuple[dict, dict]:

@@ -33,19 +33,24 @@ almost nothing. Kernel speed: kernel_ratio 0.79 (57.0 vs 72.8 GFLOP/s).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from priorkit.core.seeding import seed_everything
 from priorkit.data import load_digits
+from priorkit.data.datasets import IndexedTensorDataset
 from priorkit.data.parts import parts_splits
+from priorkit.experiments._kernels import distance_kernel_gflops
 from priorkit.experiments.base import Check, Experiment, SeedResult
 from priorkit.metrics import accuracy
 from priorkit.models import Conv4
-from priorkit.prototypes._common import PhaseSchedule, distance_kernel_gflops, l1_off_class, train_prototype_model
-from priorkit.prototypes.protopnet import ProtoPNet, protopnet_loss_fn
-from priorkit.train import predict
+from priorkit.prototypes.protopnet import ProtoPNet
+from priorkit.prototypes.protopnet_base import PhaseSchedule, PushResult, l1_off_class, protopnet_recipe
+from priorkit.train import RunState, TrainConfig, Trainer, predict
 
 
 def _cfg(quick: bool) -> dict:
@@ -54,28 +59,42 @@ def _cfg(quick: bool) -> dict:
     return dict(n_train=1600, width=32, dim=32, k=5, epochs=21, warm=5, push_start=10, push_every=10, ll=10)
 
 
-def _acc(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+def _acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return accuracy(predict(model, x), y)
 
 
-def _train_baseline(backbone: Conv4, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> Conv4:
-    opt = torch.optim.Adam(backbone.parameters(), lr=1e-3, weight_decay=1e-3)
-    gen = torch.Generator().manual_seed(seed)
-    backbone.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=gen)
-        for s in range(0, len(x), 64):
-            idx = order[s : s + 64]
-            loss = torch.nn.functional.cross_entropy(backbone(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    backbone.eval()
-    return backbone
+def train_prototype_recipe(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    schedule: PhaseSchedule,
+    seed: int,
+    *,
+    before_push: Callable[[RunState], Mapping[str, float] | None] | None = None,
+    **recipe_kw: Any,
+) -> tuple[list[dict[str, Any]], Any]:
+    """Train a prototype model of the ProtoPNet family through the engine on (x, y), pushing onto the same
+    images; returns (history, last push result). Shared by the family's experiments (method and baselines)."""
+    recipe = protopnet_recipe(model, schedule, push_data=(x, y), before_push=before_push, **recipe_kw)
+    hist = recipe.fit(model, IndexedTensorDataset(x, y), TrainConfig(seed=seed, progress=False))
+    return hist, recipe.record.last
 
 
-def _pair(train_x, train_y, test_x, test_y, in_ch: int, c: dict, n_classes: int, seed: int):
-    schedule = PhaseSchedule(
+def train_protopnet(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    c: dict,
+    in_ch: int,
+    n_classes: int,
+    seed: int,
+    *,
+    before_push: Callable[[RunState], Mapping[str, float] | None] | None = None,
+    **schedule_kw: Any,
+) -> tuple[ProtoPNet, PushResult, PhaseSchedule]:
+    """The family's ProtoPNet arm on a from-scratch Conv4 (two pools): k prototypes of dim D per class, the
+    official loss, and the warm / joint / push / last-layer schedule with the from-scratch joint backbone lr 1e-3
+    (``SPEC.presets['small']``); ``schedule_kw`` overrides schedule fields (batch size, StepLR, ...)."""
+    kw: dict[str, Any] = dict(
         epochs=c["epochs"],
         warm_epochs=c["warm"],
         push_start=c["push_start"],
@@ -84,18 +103,37 @@ def _pair(train_x, train_y, test_x, test_y, in_ch: int, c: dict, n_classes: int,
         joint_lrs={"backbone": 1e-3, "add_on": 3e-3, "prototypes": 3e-3},
         batch_size=64,
     )
+    kw.update(schedule_kw)
+    schedule = PhaseSchedule(**kw)
     seed_everything(seed)
     model = ProtoPNet(Conv4(in_ch, c["width"], n_classes, pools=2), n_classes, c["k"], c["dim"])
+    _, push = train_prototype_recipe(model, x, y, schedule, seed, before_push=before_push)
+    return model, push, schedule
+
+
+def train_backbone_baseline(
+    x: torch.Tensor, y: torch.Tensor, in_ch: int, width: int, n_classes: int, epochs: int, seed: int
+) -> Conv4:
+    """The backbone without prototypes (Conv4 + GAP + linear), Adam lr 1e-3, wd 1e-3, batch 64, through the engine."""
+    seed_everything(seed)
+    model = Conv4(in_ch, width, n_classes, pools=2)
+    cfg = TrainConfig(epochs=epochs, batch_size=64, optimizer="adam", lr=1e-3, weight_decay=1e-3, seed=seed,
+                      progress=False)  # fmt: skip
+    Trainer(model, IndexedTensorDataset(x, y), config=cfg).fit()
+    model.eval()
+    return model
+
+
+def _pair(train_x, train_y, test_x, test_y, in_ch: int, c: dict, n_classes: int, seed: int):
     seen: dict = {}
 
-    def eval_fn(m, epoch, stage):
-        if stage == "joint" and schedule.push_at(epoch):
-            seen["acc_before_push"] = _acc(m, test_x, test_y)
-            seen["l1_before"] = float(l1_off_class(m.last_layer.weight.detach(), m.prototype_identity))
-        return {}
+    def before_push(state: RunState) -> dict[str, float]:  # the last write is the one before the last push
+        m = state.model
+        seen["acc_before_push"] = _acc(m, test_x, test_y)
+        seen["l1_before"] = float(l1_off_class(m.last_layer.weight.detach(), m.prototype_identity))
+        return {"test_acc": seen["acc_before_push"]}
 
-    hist = train_prototype_model(model, train_x, train_y, protopnet_loss_fn, schedule, eval_fn=eval_fn, seed=seed)
-    push = [h["push"] for h in hist if h["stage"] == "push"][-1]
+    model, push, schedule = train_protopnet(train_x, train_y, c, in_ch, n_classes, seed, before_push=before_push)
     l1_after = float(l1_off_class(model.last_layer.weight.detach(), model.prototype_identity))
     meth = {
         "acc": _acc(model, test_x, test_y),
@@ -103,14 +141,8 @@ def _pair(train_x, train_y, test_x, test_y, in_ch: int, c: dict, n_classes: int,
         "unique_pushed_patches": float(push.n_unique),
         "offclass_l1_shrink": seen["l1_before"] / max(l1_after, 1e-12),
     }
-    seed_everything(seed)
-    base_model = _train_baseline(
-        Conv4(in_ch, c["width"], n_classes, pools=2),
-        train_x,
-        train_y,
-        c["epochs"] + c["ll"] * len(schedule.push_epochs()),
-        seed,
-    )
+    n_epochs = c["epochs"] + c["ll"] * len(schedule.push_epochs())
+    base_model = train_backbone_baseline(train_x, train_y, in_ch, c["width"], n_classes, n_epochs, seed)
     return model, push, meth, {"acc": _acc(base_model, test_x, test_y)}
 
 

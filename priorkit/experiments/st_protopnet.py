@@ -3,7 +3,7 @@ Prototypes ...", "Small-scale check on CPU"), same backbone, data, seeds and bud
 
 Data: ``parts`` 32x32 RGB, 4 classes (2 diagnostic parts + 1 distractor per image). Backbone: Conv4 with two
 max-pools (8x8 feature map), trained from scratch. Both models run the same warm / joint / push / last-layer
-schedule through :func:`priorkit.prototypes._common.train_prototype_model` with the same epochs, batch size
+schedule through :func:`priorkit.prototypes.protopnet_base.protopnet_recipe` with the same epochs, batch size
 and learning rates: warm (add-ons + prototypes, 3e-3, backbone frozen), joint (backbone 1e-3 as in the card's
 CPU check since the backbone is not pretrained; add-ons and prototypes 3e-3), push, last layer(s) at 1e-4.
 ST-ProtoPNet: two branches (x2 upsampling add-ons, cosine + ReLU, max-pool), K prototypes per class per branch,
@@ -50,10 +50,9 @@ import torch
 from priorkit.core.seeding import seed_everything
 from priorkit.data.parts import parts_splits
 from priorkit.experiments.base import Check, Experiment, SeedResult
+from priorkit.experiments.protopnet import train_protopnet, train_prototype_recipe
 from priorkit.metrics import accuracy
 from priorkit.models import Conv4
-from priorkit.prototypes._common import PhaseSchedule, train_prototype_model
-from priorkit.prototypes.protopnet import ProtoPNet, protopnet_loss_fn
 from priorkit.prototypes.st_protopnet import (
     STLoss,
     STProtoPNet,
@@ -110,23 +109,14 @@ def run(seed: int, quick: bool) -> SeedResult:
     st_sched = default_schedule(**_common_schedule(c), push_batch_size=256)
     before: dict = {}
 
-    def eval_fn(m, epoch, stage):  # prototype geometry right before the last push (vectors only)
-        if stage == "joint" and st_sched.push_at(epoch):
-            before.update(_cross_cos(m))
-            before["acc_before_last_push"] = _acc(m, test.images, test.labels)
-        return {}
+    def before_push(state) -> dict[str, float]:  # prototype geometry right before the (last) push
+        before.update(_cross_cos(state.model))
+        before["acc_before_last_push"] = _acc(state.model, test.images, test.labels)
+        return dict(before)
 
-    hist = train_prototype_model(
-        st,
-        x,
-        y,
-        STLoss(len(x), st_sched.batch_size),
-        st_sched,
-        after_step=renormalize_after_step,
-        eval_fn=eval_fn,
-        seed=seed,
+    _, pushes = train_prototype_recipe(
+        st, x, y, st_sched, seed, loss=STLoss(), after_step=renormalize_after_step, before_push=before_push
     )
-    pushes = [h["push"] for h in hist if h["stage"] == "push"][-1]
     with torch.no_grad():
         out = st.outputs(test.images)
     geo = prototype_geometry(st, x, y)
@@ -146,9 +136,7 @@ def run(seed: int, quick: bool) -> SeedResult:
         "acc_before_last_push": before["acc_before_last_push"],
     }
 
-    seed_everything(seed)
-    pp = ProtoPNet(Conv4(3, c["width"], N_CLASSES, pools=2), N_CLASSES, c["k"], c["dim"])
-    train_prototype_model(pp, x, y, protopnet_loss_fn, PhaseSchedule(**_common_schedule(c)), seed=seed)
+    pp, _, _ = train_protopnet(x, y, c, 3, N_CLASSES, seed)  # the ProtoPNet experiment's arm, same budget
     base = {"acc": _acc(pp, test.images, test.labels)}
     return {
         "method": meth,

@@ -23,8 +23,8 @@ Dogs with nine backbones, consistency and stability well above ProtoPNet, ProtoT
 Deformable ProtoPNet at equal or better accuracy.
 
 Official code: hqhQAQ/EvalProtoPNet (``model.py::OursNet``, ``train_and_test.py``, ``main.py``); written anew on
-priorkit's ProtoPNet base (:mod:`priorkit.prototypes._common`: masked-min Clst/Sep, class identity, the
-warm/joint stage driver, push bookkeeping for the figures). Libraries considered: CaBRNet (no SDFA/SA; YAML/CLI
+priorkit's ProtoPNet base (:mod:`priorkit.prototypes.protopnet_base`: masked-min Clst/Sep, class identity, the
+warm/joint stage recipe, push bookkeeping for the figures). Libraries considered: CaBRNet (no SDFA/SA; YAML/CLI
 framework) and prototorch (no conv patches). Deviations, all noted where they occur: cosine normalisation uses
 ``F.normalize`` (eps 1e-12) where the repo divides by the raw norm (NaN on an all-zero ReLU position); Clst/Sep
 use a true masked min (the repo's max_dist form is identical here since -cos <= 1 <= D). The shallow map is
@@ -32,12 +32,19 @@ taken by a forward hook on a named backbone module (``shallow_layer``; the repo 
 first ResNet block, DenseNet index 4), so any backbone works. ``head="linear"`` replaces SA with ProtoPNet's
 last layer (+1/-0.5 init) for ablations. :func:`visual_push` finds each prototype's nearest own-class training
 patch for the figures without changing the model (the paper's training has no push).
+
+Equations (paper Sec. 4): SDFA's self-similarity matrices and L_align (Eq. 4-6), SA's a = K softmax(theta)
+(Eq. 7), the total loss (Eq. 8); consistency and stability (Eq. 1-3) are in :mod:`priorkit.metrics.interpretability`.
+
+Use: ``model = EvalProtoPNet(backbone, num_classes)`` (the entry), trained through the engine with the ProtoPNet
+base's recipe without push: ``protopnet_recipe(model, default_schedule(...), push_data=(x, y),
+loss=make_loss_fn(), after_step=renormalize_prototypes).fit(model, IndexedTensorDataset(x, y))``.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,22 +54,29 @@ from torch import nn
 
 from priorkit.core.errors import (
     PriorkitError,
+    check_batch,
     check_choice,
     check_config_keys,
+    check_labels,
     check_positive_int,
     check_range,
     check_shape,
 )
-from priorkit.prototypes._common import (
+from priorkit.core.spec import MethodSpec
+from priorkit.prototypes.protopnet import ADD_ON_TYPES, add_on_layers
+from priorkit.prototypes.protopnet_base import (
     PhaseSchedule,
     PushResult,
+    _cluster,
+    _membership,
+    backbone_parameters,
     class_identity,
-    cluster_cost,
     init_last_layer,
+    kaiming_init_,
     push_prototypes,
-    separation_cost,
 )
-from priorkit.prototypes.protopnet import ADD_ON_TYPES, add_on_layers
+from priorkit.train.engine import RunState
+from priorkit.train.hooks import Batch
 
 __all__ = [
     "DEFAULT_COEFS",
@@ -90,6 +104,32 @@ HEADS = ("sa", "linear")
 SIMILARITIES = ("projection", "cosine")
 #: main.py coefs; ``align`` (the repo's ``consis``) is 0.5 in scripts/train.sh (argparse default 0.3).
 DEFAULT_COEFS: dict[str, float] = {"crs_ent": 1.0, "clst": 0.8, "sep": -0.08, "orth": 1e-4, "align": 0.5}
+
+SPEC = MethodSpec(
+    status="implemented",
+    entry="EvalProtoPNet",
+    missing="CUB parts evaluation run, nine-backbone study, DDP-sharded metric evaluation and shallow-layer presets "
+    "not built; quick run: consistency rule passes, stability fails (full run, 3 seeds outside bench: both pass)",
+    presets={
+        # main.py + scripts/train.sh (ImageNet-pretrained backbone): 12 epochs, 5 warm, StepLR(3, 0.2), align 0.5
+        "paper": {
+            "model": {"prototypes_per_class": 10, "prototype_dim": 64, "head": "sa", "align": True, "tau": 0.1},
+            "schedule": {"epochs": 12, "warm_epochs": 5, "step_size": 3, "gamma": 0.2, "batch_size": 80},
+        },
+        # the parts experiment (Conv4 from scratch): backbone lr 1e-3, batch 32, StepLR(7, 0.2) over 25 epochs
+        "small": {
+            "model": {"prototypes_per_class": 4, "prototype_dim": 32, "head": "sa", "align": True, "tau": 0.1},
+            "schedule": {
+                "epochs": 25,
+                "warm_epochs": 5,
+                "step_size": 7,
+                "gamma": 0.2,
+                "batch_size": 32,
+                "joint_lrs": {"backbone": 1e-3, "add_on": 3e-3, "prototypes": 3e-3, "sa": 1e-6},
+            },
+        },
+    },
+)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -195,8 +235,14 @@ def sdfa_loss(
     k = prototypes_per_class
     if m % k:
         raise PriorkitError(f"proto_maps has {m} prototypes, not a multiple of prototypes_per_class={k}")
-    if bsz and (int(labels.min()) < 0 or int(labels.max()) >= m // k):
-        raise PriorkitError(f"labels must lie in [0, {m // k - 1}]")
+    check_labels("labels", labels, m // k)
+    return _sdfa_loss(proto_maps, shallow, deep, labels, k, tau)
+
+
+def _sdfa_loss(
+    proto_maps: torch.Tensor, shallow: torch.Tensor, deep: torch.Tensor, labels: torch.Tensor, k: int, tau: float
+) -> torch.Tensor:
+    h, w = proto_maps.shape[2:]
     sim_s = self_similarity(space_to_depth(shallow.detach(), (h, w)))
     sim_t = self_similarity(deep)
     own = labels.long()[:, None] * k + torch.arange(k, device=labels.device)  # [B, K]
@@ -237,14 +283,18 @@ def eval_protopnet_loss(
         check_config_keys("eval_protopnet coefs", coefs, DEFAULT_COEFS)
         c.update(coefs)
     k = identity.shape[0] // identity.shape[1]
+    check_shape("out.min_cos_distances", out.min_cos_distances, (out.logits.shape[0], identity.shape[0]))
+    check_labels("labels", labels, identity.shape[1], length=out.logits.shape[0])  # once; the terms use it unchecked
+    own = _membership(labels, identity)
     terms = {
         "ce": c["crs_ent"] * F.cross_entropy(out.logits, labels),
-        "clst": c["clst"] * cluster_cost(out.min_cos_distances, labels, identity),
-        "sep": c["sep"] * separation_cost(out.min_cos_distances, labels, identity),
+        "clst": c["clst"] * _cluster(out.min_cos_distances, own, False, None),
+        "sep": c["sep"] * _cluster(out.min_cos_distances, ~own, False, None),
         "orth": c["orth"] * orthogonality_loss(prototypes, identity.shape[1]),
     }
     if align and c["align"] != 0:
-        terms["align"] = c["align"] * sdfa_loss(out.proto_maps, out.shallow, out.deep, labels, k, tau)
+        check_range("tau", tau, 0.0)
+        terms["align"] = c["align"] * _sdfa_loss(out.proto_maps, out.shallow, out.deep, labels, k, tau)
     return terms
 
 
@@ -300,9 +350,7 @@ class EvalProtoPNet(nn.Module):
             raise PriorkitError("backbone_channels is required when the backbone has no feature_dim attribute")
         self.backbone = backbone
         if add_on == "linear":
-            self.add_on = nn.Sequential(nn.Conv2d(channels, prototype_dim, 1), nn.Sigmoid())
-            nn.init.kaiming_normal_(self.add_on[0].weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(self.add_on[0].bias)
+            self.add_on = kaiming_init_(nn.Sequential(nn.Conv2d(channels, prototype_dim, 1), nn.Sigmoid()))
         else:
             self.add_on = add_on_layers(channels, prototype_dim, add_on)
         m = num_classes * prototypes_per_class
@@ -332,7 +380,7 @@ class EvalProtoPNet(nn.Module):
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """backbone, add_on, prototypes, and ``sa`` (theta) or ``last_layer``."""
         groups = {
-            "backbone": list(self.backbone.parameters()),
+            "backbone": backbone_parameters(self.backbone),
             "add_on": list(self.add_on.parameters()),
             "prototypes": [self.prototypes],
         }
@@ -385,6 +433,8 @@ class EvalProtoPNet(nn.Module):
         return self.last_layer(activations)
 
     def outputs(self, x: torch.Tensor) -> EvalProtoPNetOutput:
+        """Logits, activations, maps, cosine distances and both backbone maps of ``x`` [B, C, H, W] (checked)."""
+        check_batch("x", x, dim=4)
         shallow, deep = self.backbone_maps(x)
         z = self.add_on(deep)
         maps = self.activation_maps(z)
@@ -392,15 +442,26 @@ class EvalProtoPNet(nn.Module):
         min_cos = cosine_distance_maps(z, self.prototypes).flatten(2).amin(dim=2)
         return EvalProtoPNetOutput(self.classify(acts), acts, maps, min_cos, shallow, deep)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, full: bool = False) -> torch.Tensor | EvalProtoPNetOutput:
+        """Logits [B, C]; ``full=True`` returns the :class:`EvalProtoPNetOutput` (the recipe's step, so that the
+        forward runs through the DDP wrapper)."""
+        if full:
+            return self.outputs(x)
+        check_batch("x", x, dim=4)
         return self.classify(self.prototype_activations(x))
+
+    def loss_from_outputs(
+        self, out: EvalProtoPNetOutput, y: torch.Tensor, *, align: bool | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Weighted loss terms (see :func:`eval_protopnet_loss`) of outputs already computed; ``align`` overrides
+        ``self.align``."""
+        use = self.align if align is None else (align and self.align)
+        ident = self.prototype_identity
+        return eval_protopnet_loss(out, y, ident, self.prototypes, self.coefs, align=use, tau=self.tau)
 
     def loss_terms(self, x: torch.Tensor, y: torch.Tensor, *, align: bool | None = None) -> dict[str, torch.Tensor]:
         """Weighted loss terms on a batch (see :func:`eval_protopnet_loss`); ``align`` overrides ``self.align``."""
-        use = self.align if align is None else (align and self.align)
-        return eval_protopnet_loss(
-            self.outputs(x), y, self.prototype_identity, self.prototypes, self.coefs, align=use, tau=self.tau
-        )
+        return self.loss_from_outputs(self.outputs(x), y, align=align)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -413,12 +474,14 @@ def renormalize_prototypes(model: EvalProtoPNet, *_: Any) -> None:
     model.prototypes.data.copy_(F.normalize(model.prototypes.data, p=2, dim=1))
 
 
-def make_loss_fn(align_in_warm: bool = False):
-    """The ``loss_fn`` for :func:`priorkit.prototypes._common.train_prototype_model`: the full loss, with
-    L_align gated off in the warm stage (the repo: only once epoch >= warmup_epochs) unless ``align_in_warm``."""
+def make_loss_fn(align_in_warm: bool = False) -> Callable[[RunState, Batch], dict[str, torch.Tensor]]:
+    """The recipe's ``loss(state, batch)`` for :func:`priorkit.prototypes.protopnet_base.protopnet_recipe`: the
+    full loss, with L_align gated off in the warm stage (the repo: only once epoch >= warmup_epochs) unless
+    ``align_in_warm``."""
 
-    def loss_fn(model: EvalProtoPNet, x: torch.Tensor, y: torch.Tensor, stage: str, step: int) -> dict:
-        return model.loss_terms(x, y, align=align_in_warm or stage != "warm")
+    def loss_fn(state: RunState, batch: Batch) -> dict[str, torch.Tensor]:
+        stage = state.phase.options.get("stage", "joint")
+        return state.model.loss_from_outputs(batch.output, batch.y, align=align_in_warm or stage != "warm")
 
     return loss_fn
 
@@ -434,8 +497,7 @@ def default_schedule(
     opts: dict[str, Any] = dict(
         epochs=epochs,
         warm_epochs=warm_epochs,
-        push_start=epochs,  # never: the official loop has no push
-        push_every=max(1, epochs),
+        pushes=False,  # the official loop has no push
         last_layer_epochs=0,
         warm_lrs={"add_on": 3e-3, "prototypes": 3e-3, hg: hlr},
         joint_lrs={"backbone": 1e-4, "add_on": 3e-3, "prototypes": 3e-3, hg: hlr},

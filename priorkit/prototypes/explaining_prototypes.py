@@ -27,6 +27,13 @@ works in CIELAB with h = hColor) without OpenCV's 0.001 weight cut-off; the shap
 "trunc"``): at 32 px with A = 1, truncation leaves the warp almost the identity (only rows with sin = -1
 move). Works for any model exposing ``similarity_maps(x)`` -> [B, M, H', W'] (higher = more similar), e.g.
 :class:`priorkit.prototypes.protopnet.ProtoPNet`. Not built: the redundancy analysis across prototypes (card: can wait).
+
+Equations (paper Sec. 3): the local importance Delta_j^m(x) = s_j(x, u*) - s_j(x^(m), u*) (Eq. 1) and the global
+importance G_j^m, the similarity-weighted mean of Delta over a data set (Eq. 2).
+
+Use: the entry is :func:`explain` (post hoc, no training of its own): train a prototype model through the engine
+(e.g. ProtoPNet with :func:`priorkit.prototypes.protopnet_base.protopnet_recipe`), then ``expl = explain(model,
+images, make_perturbations(image_size))`` and ``expl.global_importance()``.
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from priorkit.core.errors import PriorkitError, check_choice, check_positive_int, check_range, check_shape
+from priorkit.core.errors import PriorkitError, check_batch, check_choice, check_positive_int, check_range, check_shape
+from priorkit.core.spec import MethodSpec
 
 __all__ = [
     "CHARACTERISTICS",
@@ -81,9 +89,27 @@ OFFICIAL_LEVELS: dict[str, float | tuple[float, float]] = {
 }
 _REFERENCE_SIZE = 224  # image side at which the official shape levels are defined
 
+SPEC = MethodSpec(
+    status="implemented",
+    entry="explain",
+    missing="redundancy analysis across prototypes not built; the texture denoiser works in RGB, not OpenCV's "
+    "CIELAB; quick run does not reproduce (under-trained Set A prototypes sit on background; Set B ProtoPNet at "
+    "chance)",
+    presets={
+        # mod_values.py levels at 224 px; read at the original argmax, whole-image perturbations
+        "paper": {"levels": {**OFFICIAL_LEVELS, "shape": [4.0, 0.05]}, "location": "original", "region": "global",
+                  "weighting": "similarity", "rounding": "trunc"},  # fmt: skip
+        # the 32 px synthetic sets: the shape warp rescaled (A = 1 px, w = 0.35), the card's floor rounding
+        "small": {"levels": {**OFFICIAL_LEVELS, "shape": [1.0, 0.35]}, "location": "original", "region": "global",
+                  "weighting": "similarity", "rounding": "floor"},  # fmt: skip
+    },
+)
+
 
 def _check_images(images: torch.Tensor, name: str = "images") -> torch.Tensor:
     check_shape(name, images, (None, None, None, None))
+    if images.is_floating_point():
+        check_batch(name, images, dim=4)  # non-empty and finite
     if images.shape[1] not in (1, 3):
         raise PriorkitError(f"{name} must have 1 or 3 channels ([N, C, H, W], C in {{1, 3}}), got {images.shape[1]}")
     if not images.is_floating_point():

@@ -9,12 +9,26 @@ projected onto its nearest own-class training patch) -> last layer only (20 epoc
 decomposes into "this patch looks like that training patch" x weight. Reported effect: CUB-200 accuracy
 comparable to the same backbone without prototypes (e.g. VGG19 78.0 vs 75.1, ResNet34 79.2 vs 82.3).
 
+Equations: the similarity log((d+1)/(d+eps)) is Eq. (1) of the paper (Sec. 2.1); the loss of stage 1 is
+CE + lambda1 Clst + lambda2 Sep (Sec. 2.2, "Stochastic gradient descent of layers before the last layer"); the push
+is stage 2 ("Projection of prototypes"); stage 3 minimises CE + lambda L1 over the last layer's off-class weights.
+
+Use: ``model = ProtoPNet(backbone, num_classes)`` (the entry), then train it through the engine with the ProtoPNet
+base's recipe, ``recipe = protopnet_recipe(model, PhaseSchedule(...), push_data=(x, y)); recipe.fit(model,
+IndexedTensorDataset(x, y))`` (:mod:`priorkit.prototypes.protopnet_base`); ``recipe.record.last`` is the last push's
+bookkeeping, which :mod:`priorkit.prototypes.viz` draws (``prototype_gallery``, ``this_looks_like_that``).
+``SPEC.presets["small"]`` are the from-scratch CPU settings (backbone lr 1e-3 instead of the paper's 1e-4 for a
+pretrained one).
+
 Official code: cfchen-duke/ProtoPNet (``model.py``, ``train_and_test.py``, ``push.py``, ``settings.py``); this is
-a new implementation whose shared parts live in :mod:`priorkit.prototypes._common`. Libraries considered:
+a new implementation whose shared parts live in :mod:`priorkit.prototypes.protopnet_base`. Libraries considered:
 CaBRNet (YAML/CLI framework, not a tensor-level dependency) and prototorch (no conv patches or push).
 Deviations: the masked min of Clst/Sep is a true masked min (the repo's max_dist trick is ``official_min=True``);
-the last-layer stage runs in eval mode (the repo's train mode would also move BatchNorm statistics).
-Not built: pruning, ensembling, duplicate merging (``PushResult.n_unique`` reports duplicates), DDP push.
+the last-layer stage runs in eval mode (the repo's train mode would also move BatchNorm statistics); min-pooling
+uses ``amin`` (at exact ties the gradient is split evenly among the tied positions, see ``min_pool``); a schedule
+whose last epoch is not a push epoch gets a final push (``PhaseSchedule.final_push``). Under DDP the push scores
+each rank's shard of the push set and takes the global best patch per prototype (equal to one process).
+Not built: pruning, ensembling, duplicate merging (``PushResult.n_unique`` reports duplicates).
 """
 
 from __future__ import annotations
@@ -27,24 +41,75 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from priorkit.core.errors import PriorkitError, check_choice, check_config_keys, check_positive_int, check_range
-from priorkit.prototypes._common import (
+from priorkit.core.errors import (
+    PriorkitError,
+    check_batch,
+    check_choice,
+    check_config_keys,
+    check_labels,
+    check_positive_int,
+    check_range,
+    check_shape,
+)
+from priorkit.core.spec import MethodSpec
+from priorkit.prototypes.protopnet_base import (
     ACTIVATIONS,
     DISTANCE_METHODS,
     PushResult,
+    _cluster,
+    _membership,
     avg_separation_cost,
+    backbone_parameters,
     class_identity,
-    cluster_cost,
     distance_to_similarity,
     init_last_layer,
+    kaiming_init_,
     l1_off_class,
     l2_distance_maps,
     min_pool,
     push_prototypes,
-    separation_cost,
 )
 
 __all__ = ["ADD_ON_TYPES", "DEFAULT_COEFS", "ProtoPNet", "ProtoPNetOutput", "add_on_layers", "protopnet_loss"]
+
+SPEC = MethodSpec(
+    status="implemented",
+    entry="ProtoPNet",
+    missing="prototype pruning and duplicate merging not built (card: can wait); reproduces in full mode only "
+    "(quick: under-trained before push, 0.37 vs 0.95)",
+    presets={
+        # settings.py / main.py: VGG/ResNet on CUB-200 (ImageNet-pretrained backbone), 10 prototypes per class
+        "paper": {
+            "model": {"prototypes_per_class": 10, "prototype_dim": 128, "prototype_size": [1, 1], "add_on": "regular"},
+            "schedule": {
+                "epochs": 1000,
+                "warm_epochs": 5,
+                "push_start": 10,
+                "push_every": 10,
+                "last_layer_epochs": 20,
+                "warm_lrs": {"add_on": 3e-3, "prototypes": 3e-3},
+                "joint_lrs": {"backbone": 1e-4, "add_on": 3e-3, "prototypes": 3e-3},
+                "last_layer_lrs": {"last_layer": 1e-4},
+                "joint_step_size": 5,
+                "joint_gamma": 0.1,
+                "batch_size": 80,
+            },
+        },
+        # the parts experiment (Conv4 from scratch): the backbone needs lr 1e-3 in the joint stage
+        "small": {
+            "model": {"prototypes_per_class": 5, "prototype_dim": 32, "prototype_size": [1, 1], "add_on": "regular"},
+            "schedule": {
+                "epochs": 21,
+                "warm_epochs": 5,
+                "push_start": 10,
+                "push_every": 10,
+                "last_layer_epochs": 10,
+                "joint_lrs": {"backbone": 1e-3, "add_on": 3e-3, "prototypes": 3e-3},
+                "batch_size": 64,
+            },
+        },
+    },
+)
 
 ADD_ON_TYPES = ("regular", "bottleneck")
 #: settings.py: crs_ent 1, clst 0.8, sep -0.08, l1 1e-4 (sep's coefficient is negative: Sep is maximised).
@@ -71,12 +136,7 @@ def add_on_layers(in_channels: int, dim: int, kind: str = "regular") -> nn.Seque
             else:
                 layers.append(nn.Sigmoid())
                 break
-    seq = nn.Sequential(*layers)
-    for mod in seq:
-        if isinstance(mod, nn.Conv2d):
-            nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(mod.bias)
-    return seq
+    return kaiming_init_(nn.Sequential(*layers))
 
 
 @dataclass
@@ -106,14 +166,17 @@ def protopnet_loss(
     if coefs:
         check_config_keys("protopnet_loss coefs", coefs, DEFAULT_COEFS)
         c.update(coefs)
+    m, n_cls = identity.shape
+    check_shape("out.logits", out.logits, (None, n_cls))
+    check_shape("out.min_distances", out.min_distances, (out.logits.shape[0], m))
+    check_labels("labels", labels, n_cls, length=out.logits.shape[0])
+    if official_min and max_dist is None:
+        raise PriorkitError("max_dist (D*h1*w1) is required with official_min=True")
     terms = {"ce": c["crs_ent"] * F.cross_entropy(out.logits, labels)}
     if class_specific:
-        terms["clst"] = c["clst"] * cluster_cost(
-            out.min_distances, labels, identity, official=official_min, max_dist=max_dist
-        )
-        terms["sep"] = c["sep"] * separation_cost(
-            out.min_distances, labels, identity, official=official_min, max_dist=max_dist
-        )
+        own = _membership(labels, identity)
+        terms["clst"] = c["clst"] * _cluster(out.min_distances, own, official_min, max_dist)
+        terms["sep"] = c["sep"] * _cluster(out.min_distances, ~own, official_min, max_dist)
         terms["l1"] = c["l1"] * l1_off_class(last_weight, identity)
     else:
         terms["clst"] = c["clst"] * out.min_distances.min(dim=1).values.mean()
@@ -184,7 +247,7 @@ class ProtoPNet(nn.Module):
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """The repo's optimiser groups: backbone (``features``), add_on, prototypes, last_layer."""
         return {
-            "backbone": list(self.backbone.parameters()),
+            "backbone": backbone_parameters(self.backbone),
             "add_on": list(self.add_on.parameters()),
             "prototypes": [self.prototypes],
             "last_layer": list(self.last_layer.parameters()),
@@ -205,22 +268,29 @@ class ProtoPNet(nn.Module):
         return self.similarity(self.distance_maps(x))
 
     def outputs(self, x: torch.Tensor) -> ProtoPNetOutput:
+        """Logits, min-pooled distances and distance maps of a batch ``x`` [B, C, H, W] (checked: non-empty,
+        floating point, finite)."""
+        check_batch("x", x, dim=4)
         maps = self.distance_maps(x)
-        d, _ = min_pool(maps)
+        d = min_pool(maps)
         return ProtoPNetOutput(self.last_layer(self.similarity(d)), d, maps)
 
     def prototype_activations(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled similarities s_j = act(min_u d_j(u)), [B, M]; logits = last_layer(s)."""
-        return self.similarity(min_pool(self.distance_maps(x))[0])
+        check_batch("x", x, dim=4)
+        return self.similarity(min_pool(self.distance_maps(x)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.outputs(x).logits
+    def forward(self, x: torch.Tensor, *, full: bool = False) -> torch.Tensor | ProtoPNetOutput:
+        """Logits [B, C]; ``full=True`` returns the :class:`ProtoPNetOutput` (what the recipe's step uses, so that
+        the forward runs through the DDP wrapper)."""
+        out = self.outputs(x)
+        return out if full else out.logits
 
-    def loss_terms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Weighted loss terms on a batch (see :func:`protopnet_loss`), plus nothing else."""
+    def loss_from_outputs(self, out: ProtoPNetOutput, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Weighted loss terms (see :func:`protopnet_loss`) of outputs already computed."""
         return protopnet_loss(
-            self.outputs(x),
-            y,
+            out,
+            labels,
             self.prototype_identity,
             self.last_layer.weight,
             self.coefs,
@@ -228,6 +298,10 @@ class ProtoPNet(nn.Module):
             official_min=self.official_min,
             max_dist=self.max_dist,
         )
+
+    def loss_terms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Weighted loss terms on a batch (see :func:`protopnet_loss`), plus nothing else."""
+        return self.loss_from_outputs(self.outputs(x), y)
 
     @torch.no_grad()
     def avg_separation(self, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -250,11 +324,3 @@ class ProtoPNet(nn.Module):
         )
         self.train(was)
         return res
-
-
-def protopnet_loss_fn(model: ProtoPNet, x: torch.Tensor, y: torch.Tensor, stage: str, step: int) -> dict:
-    """The ``loss_fn`` for :func:`priorkit.prototypes._common.train_prototype_model` (same loss every stage)."""
-    return model.loss_terms(x, y)
-
-
-__all__ += ["protopnet_loss_fn"]

@@ -18,19 +18,30 @@ Reported effect: state-of-the-art accuracy among prototype models on CUB-200 (fu
 Dogs, with support prototypes that localise on the object more often than trivial ones.
 
 Official code: cwangrun/ST-ProtoPNet (``full/model.py``, ``full/train_and_test.py``, ``full/push_*.py``,
-``full/settings_CUB_DOG.py``); this is a new implementation on :mod:`priorkit.prototypes._common` (schedule
-driver, push with bookkeeping, class identity, last-layer init, masked L1). Libraries considered: CaBRNet and
-prototorch (see ``_common``): neither has the two-branch head or these costs.
+``full/settings_CUB_DOG.py``); this is a new implementation on :mod:`priorkit.prototypes.protopnet_base` (the
+stage recipe, push with bookkeeping, class identity, last-layer init, masked L1). Libraries considered: CaBRNet and
+prototorch (see ``protopnet_base``): neither has the two-branch head or these costs.
+
+Equations (paper Sec. 3): the branch similarity g = max-pool(relu(cos)) (Eq. 1-2), the cluster and separation
+similarities (Eq. 3-4), the discrimination (trivial, Eq. 5) and closeness (support, Eq. 6) costs, the
+orthogonality term and the alternating objective (Eq. 7-8).
+
+Use: ``model = STProtoPNet(backbone, num_classes)`` (the entry), trained through the engine with the ProtoPNet
+base's recipe: ``protopnet_recipe(model, default_schedule(...), push_data=(x, y), loss=STLoss(),
+after_step=renormalize_after_step).fit(model, IndexedTensorDataset(x, y))``. Under DDP, ``STLoss(mode="sum")``
+runs (tested equal to one process; the push is sharded over ranks as ProtoPNet's); the alternating mode is refused
+under DDP for now: each step leaves one branch's parameters without gradient while the forward computes both, which
+DDP refuses even with ``find_unused_parameters`` (a branch-selecting forward is not built yet).
 
 Card vs code, and what is followed here: the card and the code agree on the losses, signs and coefficients
 (``settings_CUB_DOG.py``); the code's masked max ``max(g * mask)`` equals a true masked max because g >= 0 after
 the ReLU, and a true masked max (-inf fill) is used here so that ``relu=False`` stays correct. The code's
 joint optimiser (like ProtoPNet's) omits both last layers, so W^t and W^s stay at +1/-0.5 until the first
 last-layer stage: followed. Weight decay is 1e-3 x factor (0.1 for CUB) on backbone and add-ons. The alternation
-index is the batch index within the epoch (the code's ``i``), recovered from the driver's global step as
-``step % batches_per_epoch``. The last-layer stage runs in eval mode (the code runs it in train mode, which
+index is the batch index within the epoch (the code's ``i``, the engine's ``state.batch_in_epoch``). The last-layer
+stage runs in eval mode (the code runs it in train mode, which
 would also move BatchNorm statistics), as in priorkit's ProtoPNet. Not built: the cropped-setting projection
-metric (TesNet) variant, the L2 distance variant, the interpretability metrics (IoU, deletion AUC), DDP push.
+metric (TesNet) variant, the L2 distance variant, the interpretability metrics (IoU, deletion AUC).
 """
 
 from __future__ import annotations
@@ -43,16 +54,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from priorkit.core.errors import PriorkitError, check_choice, check_config_keys, check_positive_int, check_shape
-from priorkit.prototypes._common import (
+from priorkit.core.errors import (
+    PriorkitError,
+    check_batch,
+    check_choice,
+    check_config_keys,
+    check_labels,
+    check_positive_int,
+    check_shape,
+)
+from priorkit.core.spec import MethodSpec
+from priorkit.prototypes.protopnet_base import (
     PhaseSchedule,
     PushResult,
+    _membership,
+    backbone_parameters,
     class_identity,
     class_membership,
     init_last_layer,
+    kaiming_init_,
     l1_off_class,
     push_prototypes,
 )
+from priorkit.train.engine import RunState
+from priorkit.train.hooks import Batch
 
 __all__ = [
     "BRANCHES",
@@ -185,12 +210,15 @@ def branch_loss(
         check_config_keys("st_protopnet coefs", coefs, DEFAULT_COEFS)
         c.update(coefs)
     check_shape("logits", logits, (g.shape[0], identity.shape[1]))
+    check_shape("g", g, (None, identity.shape[0]))
     n_cls = identity.shape[1]
+    check_labels("labels", labels, n_cls, length=g.shape[0])  # once per step; the terms below use it unchecked
+    own = _membership(labels, identity)
     tag = "trv" if branch == "trivial" else "spt"
     terms = {
         "ce": c["crs_ent"] * F.cross_entropy(logits, labels),
-        "clst": c[f"clst_{tag}"] * cluster_similarity(g, labels, identity),
-        "sep": c[f"sep_{tag}"] * separation_similarity(g, labels, identity),
+        "clst": c[f"clst_{tag}"] * _masked_max(g, own).mean(),
+        "sep": c[f"sep_{tag}"] * _masked_max(g, ~own).mean(),
         "orth": c["orth"] * orthogonality_cost(prototypes, n_cls),
     }
     if branch == "trivial":
@@ -229,12 +257,7 @@ def st_add_on(in_channels: int, dim: int, upsample: bool = True) -> nn.Sequentia
     check_positive_int("in_channels", in_channels)
     check_positive_int("dim", dim)
     first: nn.Module = nn.Upsample(scale_factor=2, mode="bilinear") if upsample else nn.Identity()
-    seq = nn.Sequential(first, nn.Conv2d(in_channels, dim, 1), nn.Conv2d(dim, dim, 1))
-    for mod in seq:
-        if isinstance(mod, nn.Conv2d):
-            nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(mod.bias)
-    return seq
+    return kaiming_init_(nn.Sequential(first, nn.Conv2d(in_channels, dim, 1), nn.Conv2d(dim, dim, 1)))
 
 
 @dataclass
@@ -337,7 +360,7 @@ class STProtoPNet(nn.Module):
         """The code's optimiser groups: backbone (``features``), add_on (both), prototypes (both), last_layer
         (both)."""
         return {
-            "backbone": list(self.backbone.parameters()),
+            "backbone": backbone_parameters(self.backbone),
             "add_on": list(self.add_on_trivial.parameters()) + list(self.add_on_support.parameters()),
             "prototypes": [self.prototypes_trivial, self.prototypes_support],
             "last_layer": list(self.last_layer_trivial.parameters()) + list(self.last_layer_support.parameters()),
@@ -349,6 +372,8 @@ class STProtoPNet(nn.Module):
         return self.add_on(branch)(self.backbone.feature_map(x))
 
     def outputs(self, x: torch.Tensor) -> STProtoPNetOutput:
+        """Both branches' logits, pooled similarities and maps of a batch ``x`` [B, C, H, W] (checked)."""
+        check_batch("x", x, dim=4)
         f = self.backbone.feature_map(x)
         logits, pooled, maps = {}, {}, {}
         for b in BRANCHES:
@@ -357,9 +382,11 @@ class STProtoPNet(nn.Module):
             logits[b] = self.head(b)(pooled[b])
         return STProtoPNetOutput(logits, pooled, maps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Summed logits logits_t + logits_s, [B, C]."""
-        return self.outputs(x).combined
+    def forward(self, x: torch.Tensor, *, full: bool = False) -> torch.Tensor | STProtoPNetOutput:
+        """Summed logits logits_t + logits_s, [B, C]; ``full=True`` returns the :class:`STProtoPNetOutput` (the
+        recipe's step, so the forward runs through the DDP wrapper)."""
+        out = self.outputs(x)
+        return out if full else out.combined
 
     def similarity_maps(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 2M, H', W']: trivial then support similarity maps."""
@@ -378,7 +405,12 @@ class STProtoPNet(nn.Module):
     # --- losses
     def loss_terms(self, x: torch.Tensor, y: torch.Tensor, branches: tuple[str, ...] = BRANCHES) -> dict:
         """Weighted loss terms of the given branches on a batch (see :func:`branch_loss`)."""
-        out = self.outputs(x)
+        return self.loss_from_outputs(self.outputs(x), y, branches)
+
+    def loss_from_outputs(
+        self, out: STProtoPNetOutput, y: torch.Tensor, branches: tuple[str, ...] = BRANCHES
+    ) -> dict[str, torch.Tensor]:
+        """Weighted loss terms of the given branches on outputs already computed."""
         terms: dict[str, torch.Tensor] = {}
         for b in branches:
             terms.update(
@@ -436,31 +468,34 @@ class STProtoPNet(nn.Module):
 
 
 class STLoss:
-    """``loss_fn`` for :func:`priorkit.prototypes._common.train_prototype_model`.
+    """The recipe's ``loss(state, batch)`` for :func:`priorkit.prototypes.protopnet_base.protopnet_recipe`.
 
-    ``alternate`` (the paper): batch i of each epoch trains the trivial loss when i is even and the support loss
-    when odd; i = ``step % batches_per_epoch`` (every pass over the data has the same number of batches, so
-    this is the code's in-epoch index). ``sum``: both branches' terms on every batch.
+    ``alternate`` (the paper): batch i of each epoch (``state.batch_in_epoch``, the code's in-epoch index) trains
+    the trivial loss when i is even and the support loss when odd. ``sum``: both branches' terms on every batch.
     """
 
-    def __init__(self, num_train: int, batch_size: int, mode: str = "alternate") -> None:
-        check_positive_int("num_train", num_train)
-        check_positive_int("batch_size", batch_size)
+    def __init__(self, mode: str = "alternate") -> None:
         check_choice("mode", mode, MODES)
-        self.batches_per_epoch = -(-num_train // batch_size)
         self.mode = mode
 
-    def branch_at(self, step: int) -> str:
-        return "trivial" if (step % self.batches_per_epoch) % 2 == 0 else "support"
+    @staticmethod
+    def branch_at(batch_in_epoch: int) -> str:
+        return "trivial" if batch_in_epoch % 2 == 0 else "support"
 
-    def __call__(self, model: STProtoPNet, x: torch.Tensor, y: torch.Tensor, stage: str, step: int) -> dict:
+    def __call__(self, state: RunState, batch: Batch) -> dict:
+        model = state.model
         if self.mode == "sum":
-            return model.loss_terms(x, y)
-        return model.loss_terms(x, y, (self.branch_at(step),))
+            return model.loss_from_outputs(batch.output, batch.y)
+        if state.world_size > 1:
+            raise PriorkitError(
+                "STLoss(mode='alternate') is not supported under DDP yet (each step leaves one branch without "
+                "gradient, which DDP refuses); use STLoss(mode='sum') or one process"
+            )
+        return model.loss_from_outputs(batch.output, batch.y, (self.branch_at(state.batch_in_epoch),))
 
 
-def renormalize_after_step(model: STProtoPNet, stage: str, step: int) -> None:
-    """``after_step`` for the driver: unit-normalise both prototype sets after every warm / joint optimiser step.
+def renormalize_after_step(model: STProtoPNet, stage: str) -> None:
+    """``after_step`` of the recipe: unit-normalise both prototype sets after every warm / joint optimiser step.
 
     The code also re-normalises during the last-layer stage, where the prototypes are frozen unit vectors, so
     that is a no-op up to round-off; it is skipped here so that pushed prototypes stay bit-identical to their
@@ -524,3 +559,43 @@ def prototype_geometry(
 
 
 __all__ += ["prototype_geometry", "renormalize_after_step"]
+
+SPEC = MethodSpec(
+    status="implemented",
+    entry="STProtoPNet",
+    missing="projection-metric (TesNet) and L2 distance variants, IoU/content-heatmap/deletion-AUC metrics, "
+    "single-branch arms and the alternating mode under DDP not built (mode='sum' runs under DDP); the "
+    "support-vs-trivial geometry rule does not reproduce",
+    presets={
+        # settings_CUB_DOG.py + main.py (ImageNet/iNaturalist-pretrained backbone)
+        "paper": {
+            "model": {"prototypes_per_class": 10, "prototype_dim": 64, "upsample": True, "mode": "alternate"},
+            "schedule": {
+                "epochs": 120,
+                "warm_epochs": 10,
+                "push_start": 100,
+                "push_every": 10,
+                "last_layer_epochs": 10,
+                "joint_lrs": {"backbone": 1e-4, "add_on": 3e-3, "prototypes": 3e-3},
+                "weight_decays": {"backbone": 1e-4, "add_on": 1e-4},
+                "joint_step_size": 20,
+                "joint_gamma": 0.2,
+                "batch_size": 80,
+            },
+        },
+        # the parts experiment (Conv4 from scratch): backbone lr 1e-3, batch 64
+        "small": {
+            "model": {"prototypes_per_class": 5, "prototype_dim": 32, "upsample": True, "mode": "alternate"},
+            "schedule": {
+                "epochs": 21,
+                "warm_epochs": 3,
+                "push_start": 10,
+                "push_every": 10,
+                "last_layer_epochs": 5,
+                "joint_lrs": {"backbone": 1e-3, "add_on": 3e-3, "prototypes": 3e-3},
+                "batch_size": 64,
+                "push_batch_size": 256,
+            },
+        },
+    },
+)

@@ -8,8 +8,9 @@
 
 Generic over the family: the model needs ``similarity_maps(x)`` [B, M, H', W'] (higher = more similar),
 ``prototype_activations(x)`` [B, M], ``prototype_identity`` [M, C] and a ``last_layer`` with weight [C, M]
-(or pass ``weights``); push bookkeeping is a :class:`priorkit.prototypes._common.PushResult`. Images are
-[N, C, H, W] floats in [0, 1] (1 or 3 channels), shown unnormalised.
+(or pass ``weights``); push bookkeeping is a :class:`priorkit.prototypes.protopnet_base.PushResult` (after a
+recipe run: ``recipe.record.last``). Images are [N, C, H, W] floats in [0, 1] (1 or 3 channels), shown unnormalised.
+:func:`draw_box` and :func:`show_image` are the panel helpers, for figures of your own.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from priorkit.core.errors import PriorkitError, check_positive_int, check_shape
-from priorkit.prototypes._common import PushResult, high_activation_box, upsample_map
+from priorkit.core.errors import PriorkitError, check_batch, check_positive_int, check_shape
+from priorkit.prototypes.protopnet_base import PushResult, high_activation_box, upsample_map
 
-__all__ = ["prototype_gallery", "this_looks_like_that"]
+__all__ = ["draw_box", "prototype_gallery", "show_image", "this_looks_like_that"]
 
 
 def _to_hwc(img: torch.Tensor):
@@ -46,10 +47,10 @@ def show_image(ax, img: torch.Tensor) -> None:
     ax.set_yticks([])
 
 
-def _check_images(images: torch.Tensor) -> None:
-    check_shape("images", images, (None, None, None, None))
+def _check_images(images: torch.Tensor, name: str = "images") -> None:
+    check_batch(name, images, dim=4)
     if images.shape[1] not in (1, 3):
-        raise PriorkitError(f"images must have 1 or 3 channels, got {images.shape[1]}")
+        raise PriorkitError(f"{name} must have 1 or 3 channels, got {images.shape[1]}")
 
 
 def prototype_gallery(
@@ -70,6 +71,8 @@ def prototype_gallery(
     import matplotlib.pyplot as plt
 
     _check_images(images)
+    if not isinstance(push, PushResult):
+        raise PriorkitError(f"push must be a PushResult (e.g. recipe.record.last), got {type(push).__name__}")
     check_positive_int("max_classes", max_classes)
     if int(push.image_index.max()) >= len(images):
         raise PriorkitError("push.image_index points past images: pass the images the push searched")
@@ -136,7 +139,10 @@ def this_looks_like_that(
     import matplotlib.pyplot as plt
 
     check_shape("image", image, (None, None, None))
-    _check_images(push_images)
+    _check_images(image[None], "image")
+    _check_images(push_images, "push_images")
+    if not isinstance(push, PushResult):
+        raise PriorkitError(f"push must be a PushResult (e.g. recipe.record.last), got {type(push).__name__}")
     check_positive_int("k", k)
     was = model.training
     model.eval()

@@ -1,12 +1,14 @@
 """EvalProtoPNet: SDFA (space-to-depth, self-similarity, alignment loss), SA head, orthogonality, the model."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from priorkit.core.errors import PriorkitError
+from priorkit.data.datasets import IndexedTensorDataset
 from priorkit.models import Conv4
-from priorkit.prototypes._common import train_prototype_model
 from priorkit.prototypes.eval_protopnet import (
     EvalProtoPNet,
     cosine_distance_maps,
@@ -23,6 +25,8 @@ from priorkit.prototypes.eval_protopnet import (
     space_to_depth,
     visual_push,
 )
+from priorkit.prototypes.protopnet_base import protopnet_recipe
+from priorkit.train import Batch, TrainConfig
 
 
 def _model(**kw) -> EvalProtoPNet:
@@ -190,13 +194,19 @@ def test_warm_stage_has_no_alignment_and_training_renormalises():
     x = torch.rand(12, 3, 16, 16)
     y = torch.arange(12) % 3
     loss_fn = make_loss_fn()
-    assert "align" not in loss_fn(m, x, y, "warm", 0) and "align" in loss_fn(m, x, y, "joint", 0)
-    assert "align" in make_loss_fn(align_in_warm=True)(m, x, y, "warm", 0)
+
+    def st(stage):
+        return SimpleNamespace(model=m, phase=SimpleNamespace(options={"stage": stage}))
+
+    b = Batch(x=x, y=y, index=torch.arange(12), output=m(x, full=True))
+    assert "align" not in loss_fn(st("warm"), b) and "align" in loss_fn(st("joint"), b)
+    assert "align" in make_loss_fn(align_in_warm=True)(st("warm"), b)
     before = {k: v.clone() for k, v in m.backbone.state_dict().items() if "running" not in k and "num_b" not in k}
     theta0 = m.sa_theta.detach().clone()
     sched = default_schedule(2, 1, batch_size=6)
-    hist = train_prototype_model(m, x, y, loss_fn, sched, after_step=renormalize_prototypes, seed=0)
-    assert [h["stage"] for h in hist] == ["warm", "joint"]
+    recipe = protopnet_recipe(m, sched, push_data=(x, y), loss=loss_fn, after_step=renormalize_prototypes)
+    hist = recipe.fit(m, IndexedTensorDataset(x, y), TrainConfig(seed=0, progress=False))
+    assert [h["phase"] for h in hist] == ["warm@0", "joint@1"] and recipe.record.last is None
     assert "align" not in hist[0] and "align" in hist[1]
     assert torch.allclose(m.prototypes.flatten(1).norm(dim=1), torch.ones(6), atol=1e-6)
     # SA theta moves by at most ~lr 1e-6 per step (4 Adam steps)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import itertools
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from priorkit.core.errors import PriorkitError
+from priorkit.data.datasets import IndexedTensorDataset
 from priorkit.models import Conv4
-from priorkit.prototypes._common import train_prototype_model
+from priorkit.prototypes.protopnet_base import protopnet_recipe
 from priorkit.prototypes.st_protopnet import (
     DEFAULT_COEFS,
     STLoss,
@@ -26,6 +28,8 @@ from priorkit.prototypes.st_protopnet import (
     renormalize_after_step,
     separation_similarity,
 )
+from priorkit.train import Batch, TrainConfig
+from priorkit.train.distributed import run_gloo
 
 C, K, D = 3, 2, 8
 
@@ -160,14 +164,22 @@ def test_upsample_doubles_the_latent() -> None:
     )
 
 
+def _state(m, i):
+    return SimpleNamespace(model=m, batch_in_epoch=i, world_size=1, config=TrainConfig())
+
+
+def _batch(m, x, y):
+    return Batch(x=x, y=y, index=torch.arange(len(y)), output=m(x, full=True))
+
+
 def test_trivial_step_gives_zero_gradient_to_support_and_vice_versa() -> None:
     m = _model().train()
     x, y = _data()
-    loss_fn = STLoss(len(x), 4)
-    for step, own, other in ((0, "trivial", "support"), (1, "support", "trivial")):
+    loss_fn = STLoss()
+    for i, own, other in ((0, "trivial", "support"), (1, "support", "trivial")):
         m.zero_grad(set_to_none=True)
-        assert loss_fn.branch_at(step) == own
-        sum(loss_fn(m, x, y, "joint", step).values()).backward()
+        assert loss_fn.branch_at(i) == own
+        sum(loss_fn(_state(m, i), _batch(m, x, y)).values()).backward()
         for p in (m.prototypes(other), m.head(other).weight, *m.add_on(other).parameters()):
             assert p.grad is None or bool((p.grad == 0).all())
         assert m.prototypes(own).grad is not None and bool(m.prototypes(own).grad.abs().sum() > 0)
@@ -175,19 +187,28 @@ def test_trivial_step_gives_zero_gradient_to_support_and_vice_versa() -> None:
 
 
 def test_alternation_uses_in_epoch_batch_index() -> None:
-    lf = STLoss(num_train=30, batch_size=10)  # 3 batches per epoch: T S T | T S T
-    assert [lf.branch_at(s) for s in range(6)] == ["trivial", "support", "trivial"] * 2
-    both = STLoss(30, 10, mode="sum")
+    assert [STLoss.branch_at(i) for i in range(3)] == ["trivial", "support", "trivial"]  # T S T, every epoch
     m = _model()
     x, y = _data()
-    terms = both(m, x, y, "joint", 1)
+    terms = STLoss(mode="sum")(_state(m, 1), _batch(m, x, y))
     assert any(k.startswith("trivial/") for k in terms) and any(k.startswith("support/") for k in terms)
+    ddp = SimpleNamespace(model=m, batch_in_epoch=0, world_size=2, config=TrainConfig(strategy="ddp"))
+    with pytest.raises(PriorkitError, match="mode='sum'"):
+        STLoss()(ddp, _batch(m, x, y))
 
 
 def _short_schedule(**kw):
     base = dict(epochs=3, warm_epochs=1, push_start=2, push_every=2, last_layer_epochs=1, batch_size=4)
     base.update(kw)
     return default_schedule(**base)
+
+
+def _fit(m, x, y, sched, after=renormalize_after_step, eval_fn=None, tmp=None, stop=None, resume=False, **kw):
+    kw.setdefault("push_data", (x, y))
+    recipe = protopnet_recipe(m, sched, loss=STLoss(), after_step=after, **kw)
+    cfg = TrainConfig(seed=0, progress=False, ckpt_dir=str(tmp) if tmp else None, stop_after_epoch=stop)
+    hist = recipe.fit(m, IndexedTensorDataset(x, y), cfg, eval_fn=eval_fn, resume=resume)
+    return hist, recipe
 
 
 def test_schedule_unit_norm_after_every_step_warm_freezes_last_layers_and_push() -> None:
@@ -198,25 +219,25 @@ def test_schedule_unit_norm_after_every_step_warm_freezes_last_layers_and_push()
     norms: list[float] = []
     seen: dict = {}
 
-    def after(model, stage, step):
-        renormalize_after_step(model, stage, step)
+    def after(model, stage):
+        renormalize_after_step(model, stage)
         for b in ("trivial", "support"):
             norms.extend(model.prototypes(b).flatten(1).norm(dim=1).tolist())
 
-    def eval_fn(model, epoch, stage):
+    def eval_fn(state):
+        model, stage = state.model, state.phase.options["stage"]
         if stage == "warm":
             seen["warm_W_same"] = all(torch.equal(model.head(b).weight, w0[b]) for b in w0)
             seen["warm_bb_same"] = all(torch.equal(p, q) for p, q in zip(model.backbone.parameters(), bb0))
-        if stage == "joint" and epoch == 2:  # joint optimiser omits the last layers (as the code)
+        if stage == "joint" and state.epoch == 2:  # joint optimiser omits the last layers (as the code)
             seen["joint_W_same"] = all(torch.equal(model.head(b).weight, w0[b]) for b in w0)
         return {}
 
-    hist = train_prototype_model(m, x, y, STLoss(len(x), 4), _short_schedule(), after_step=after, eval_fn=eval_fn)
+    _, recipe = _fit(m, x, y, _short_schedule(), after=after, eval_fn=eval_fn)
     assert norms and max(abs(n - 1.0) for n in norms) < 1e-5
     assert seen == {"warm_W_same": True, "warm_bb_same": True, "joint_W_same": True}
     assert not all(torch.equal(m.head(b).weight, w0[b]) for b in w0)  # last-layer stage moved W
-    pushes = [h["push"] for h in hist if h["stage"] == "push"]
-    assert len(pushes) == 1 and set(pushes[0]) == {"trivial", "support"}
+    assert recipe.record.epochs == [3] and set(recipe.record.last) == {"trivial", "support"}
 
 
 def test_after_push_each_prototype_equals_a_normalised_own_class_patch() -> None:
@@ -247,19 +268,93 @@ def test_last_layer_stage_changes_only_the_last_layers() -> None:
     x, y = _data()
     snap: dict = {}
 
-    def eval_fn(model, epoch, stage):
-        if stage == "push":
-            snap.update({k: v.detach().clone() for k, v in model.state_dict().items()})
-        return {}
+    def before_push(state):
+        return None
 
-    train_prototype_model(
-        m, x, y, STLoss(len(x), 4), _short_schedule(), after_step=renormalize_after_step, eval_fn=eval_fn
-    )
+    def push_fn(model, images, labels):
+        res = model.push(images, labels)
+        snap.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return res
+
+    _fit(m, x, y, _short_schedule(), push_fn=push_fn, before_push=before_push)
     for k, v in m.state_dict().items():
         if k.startswith("last_layer"):
             assert not torch.equal(v, snap[k])
         else:
             assert torch.equal(v, snap[k]), k
+
+
+def _flat_state(m, recipe):
+    out = list(m.state_dict().values())
+    for r in recipe.record.last.values():
+        out += [v for v in r.state_dict().values() if torch.is_tensor(v)]
+    return out
+
+
+@pytest.mark.parametrize("stop", [2, 3])
+def test_resume_after_the_push_is_bit_identical(tmp_path, stop) -> None:
+    x, y = _data()
+    full = _model()
+    _, rf = _fit(full, x, y, _short_schedule())
+    _fit(_model(), x, y, _short_schedule(), tmp=tmp_path, stop=stop)
+    resumed = _model(seed=3)
+    _, rr = _fit(resumed, x, y, _short_schedule(), tmp=tmp_path, resume=True)
+    for a, b in zip(_flat_state(full, rf), _flat_state(resumed, rr)):
+        assert torch.equal(a, b)
+
+
+class _NoBN(torch.nn.Module):
+    feature_dim = 6
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(4))
+
+    def feature_map(self, x):
+        return self.body(x)
+
+
+def _ddp_run(strategy):
+    # mode="sum": the alternating mode leaves one branch without gradient per step, which DDP refuses (not built)
+    torch.manual_seed(0)
+    m = STProtoPNet(_NoBN(), C, K, D)
+    x, y = _data()
+    push = lambda mm, a, b: mm.push(a, b, batch_size=5)  # noqa: E731
+    recipe = protopnet_recipe(
+        m, _short_schedule(), push_data=(x, y), loss=STLoss("sum"), after_step=renormalize_after_step, push_fn=push
+    )
+    recipe.fit(m, IndexedTensorDataset(x, y), TrainConfig(seed=0, progress=False, strategy=strategy))
+    return m
+
+
+def _ddp_worker(rank, out):
+    torch.set_num_threads(1)
+    m = _ddp_run("ddp")
+    if rank == 0:
+        torch.save(m.state_dict(), out)
+
+
+def test_ddp_two_processes_equal_one(tmp_path) -> None:
+    single = _ddp_run("auto")
+    out = str(tmp_path / "st.pt")
+    run_gloo(_ddp_worker, 2, out)
+    multi = torch.load(out, weights_only=True)
+    for k, v in single.state_dict().items():
+        assert torch.allclose(v, multi[k], atol=1e-6), k
+
+
+def test_nan_batch_raises_and_leaves_the_state() -> None:
+    m = _model()
+    x, y = _data()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("inf")
+    with pytest.raises(PriorkitError, match="^x holds"):
+        _fit(m, bad, y, _short_schedule(batch_size=12), push_data=(x, y))
+    with pytest.raises(PriorkitError, match="images"):
+        m.push(bad, y)
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, before[k]), k
 
 
 # ------------------------------------------------------------------ bad input
@@ -282,8 +377,8 @@ def test_bad_input_errors() -> None:
         cluster_similarity(torch.rand(2, C * K), torch.tensor([0, C]), _model().branch_identity)
     with pytest.raises(PriorkitError, match="prototypes"):
         cosine_similarity_maps(torch.rand(1, D, 2, 2), torch.rand(3, D + 1, 1, 1))
-    with pytest.raises(PriorkitError, match="batch_size"):
-        STLoss(10, 0)
+    with pytest.raises(PriorkitError, match="mode"):
+        STLoss("both")
 
 
 def test_prototype_geometry_matches_loop() -> None:

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from priorkit.core.errors import PriorkitError
-from priorkit.prototypes._common import (
+from priorkit.experiments._kernels import distance_kernel_gflops
+from priorkit.prototypes.protopnet_base import (
     PhaseSchedule,
     class_identity,
     cluster_cost,
-    distance_kernel_gflops,
     distance_to_similarity,
     high_activation_box,
     init_last_layer,
@@ -16,6 +16,7 @@ from priorkit.prototypes._common import (
     l2_distance_maps,
     masked_min,
     min_pool,
+    min_pool_with_indices,
     push_prototypes,
     separation_cost,
 )
@@ -47,8 +48,9 @@ def test_distance_maps_equal_brute_force(size, method):
 
 def test_min_pool_and_similarity():
     maps = torch.tensor([[[[3.0, 1.0], [2.0, 5.0]]]])
-    v, i = min_pool(maps)
+    v, i = min_pool_with_indices(maps)
     assert v.item() == 1.0 and i.item() == 1
+    assert torch.equal(min_pool(maps), v)
     d = torch.linspace(0, 10, 101)
     s = distance_to_similarity(d, "log", 1e-4)
     assert torch.all(s[1:] < s[:-1])
@@ -169,3 +171,53 @@ def test_bad_shapes():
         l2_distance_maps(torch.rand(1, 5, 2, 2), torch.rand(3, 5, 3, 3))
     with pytest.raises(PriorkitError, match="method"):
         l2_distance_maps(torch.rand(1, 5, 2, 2), torch.rand(3, 5, 1, 1), "cosine")
+
+
+def test_min_pool_gradient_at_ties_amin_splits_min_takes_one():
+    maps = torch.tensor([[[[1.0, 3.0], [1.0, 1.0]]]], requires_grad=True)  # three tied minima
+    min_pool(maps).sum().backward()
+    want = torch.tensor([[[[1 / 3, 0.0], [1 / 3, 1 / 3]]]])
+    assert torch.allclose(maps.grad, want)  # amin: the gradient is split evenly among the tied minima
+    maps.grad = None
+    v, i = min_pool_with_indices(maps)
+    v.sum().backward()
+    g = maps.grad.flatten()
+    assert g.sum() == 1.0 and int((g != 0).sum()) == 1 and g[int(i)] == 1.0  # min: all of it to one position
+    # without ties both paths give the same gradient
+    m2 = torch.tensor([[[[2.0, 3.0], [1.0, 4.0]]]], requires_grad=True)
+    min_pool(m2).sum().backward()
+    g1 = m2.grad.clone()
+    m2.grad = None
+    min_pool_with_indices(m2)[0].sum().backward()
+    assert torch.equal(g1, m2.grad)
+
+
+def test_schedule_ends_on_a_push():
+    short = PhaseSchedule(epochs=5)  # the repo's push_start 10 would never push in 5 epochs
+    assert short.push_epochs() == [4] and short.plan()[-2:] == [(4, "push"), (4, "last_layer")]
+    assert PhaseSchedule(epochs=21, push_start=10, push_every=10).push_epochs() == [10, 20]
+    assert PhaseSchedule(epochs=23, push_start=10, push_every=10).push_epochs() == [10, 20, 22]
+    with pytest.raises(PriorkitError, match="final_push"):
+        PhaseSchedule(epochs=5, final_push=False)
+    assert PhaseSchedule(epochs=21, push_start=10, push_every=10, final_push=False).push_epochs() == [10, 20]
+    assert PhaseSchedule(epochs=5, pushes=False).push_epochs() == []
+
+
+def test_joint_lr_factor_is_the_repos_step_before_each_epoch():
+    s = PhaseSchedule(joint_step_size=2, joint_gamma=0.5)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    for k in range(7):
+        sched.step()  # the repo: before joint epoch k
+        assert math.isclose(opt.param_groups[0]["lr"], s.joint_lr_factor(k))
+
+
+def test_push_refuses_nan_and_leaves_prototypes():
+    g = torch.Generator().manual_seed(2)
+    images = torch.rand(6, 3, 4, 4, generator=g)
+    images[2, 0, 1, 1] = float("nan")
+    protos = torch.rand(4, 3, 1, 1, generator=g)
+    old = protos.clone()
+    with pytest.raises(PriorkitError, match="images"):
+        push_prototypes(lambda x: x, protos, class_identity(2, 2), images, torch.arange(6) % 2)
+    assert torch.equal(protos, old)
