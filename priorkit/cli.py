@@ -59,7 +59,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     ids = [i.strip() for i in args.ids.split(",") if i.strip()] if args.ids else None
     with _launch(args):
-        results, paths = run_bench(ids, family=args.family, quick=args.quick, seeds=args.seeds, out=Path(args.out))
+        results, paths = run_bench(
+            ids, family=args.family, quick=args.quick, seeds=args.seeds, out=Path(args.out), overhead=args.overhead
+        )
     for r in results:
         verdict = "ERROR " + r["error"] if r.get("error") else ("reproduced" if r["reproduced"] else "not reproduced")
         m, b = r.get("method") or {}, r.get("baseline") or {}
@@ -156,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--seeds", type=int, help="number of seeds (default: the experiment's own)")
     be.add_argument("--out", default="bench-out", help="output folder (default: bench-out)")
     be.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
+    be.add_argument(
+        "--overhead", action="store_true", help="also time engine steps against a plain loop (report section)"
+    )
     _add_launch_args(be)
     be.set_defaults(fn=_cmd_bench)
     ru = sub.add_parser("run", help="train one method with its defaults and write a report for that run")

@@ -48,8 +48,10 @@ def run_bench(
     out: Path = Path("bench-out"),
     progress: bool = True,
     title: str = "priorkit bench",
+    overhead: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, Path]]:
-    """Run the experiments and write ``results.json``, ``report.md``, ``report.html`` into ``out``."""
+    """Run the experiments and write ``results.json``, ``report.md``, ``report.html`` into ``out``; with
+    ``overhead`` also the engine-overhead benchmark (:mod:`priorkit.report.overhead`)."""
     chosen = select_ids(ids, family)
     if not chosen:
         raise PriorkitError("nothing to bench: no implemented method with an experiment matched")
@@ -75,4 +77,9 @@ def run_bench(
                     "traceback": traceback.format_exc(),
                 }
             )
-    return results, write_report(results, out, title)
+    rows = None
+    if overhead:
+        from priorkit.report.overhead import engine_overhead
+
+        rows = engine_overhead(epochs=2, repeats=3) if quick else engine_overhead()
+    return results, write_report(results, out, title, overhead=rows)

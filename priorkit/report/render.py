@@ -148,11 +148,43 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def write_report(results: list[dict[str, Any]], out: Path, title: str = "priorkit bench") -> dict[str, Path]:
-    """Write ``results.json``, ``report.md`` and ``report.html`` into ``out``."""
+def overhead_html(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "<h2 id='engine-overhead'>Engine overhead</h2><p class='small'>Median ms per optimizer step through the "
+        "engine against a plain PyTorch loop doing the same math on the same batches (1 thread, interleaved; "
+        "target ratio &lt;= 1.05).</p><table><tr><th>case</th><th>engine ms/step</th><th>plain ms/step</th>"
+        "<th>ratio</th></tr>"
+    )
+    body = "".join(
+        f"<tr><td>{html.escape(r['case'])}</td><td>{r['engine_ms']:.3f}</td><td>{r['plain_ms']:.3f}</td>"
+        f"<td class='{'ok' if r['ratio'] <= 1.05 else 'no'}'>{r['ratio']:.3f}</td></tr>"
+        for r in rows
+    )
+    return head + body + "</table>"
+
+
+def write_report(
+    results: list[dict[str, Any]],
+    out: Path,
+    title: str = "priorkit bench",
+    overhead: list[dict[str, Any]] | None = None,
+) -> dict[str, Path]:
+    """Write ``results.json``, ``report.md`` and ``report.html`` into ``out`` (and ``overhead.json`` when the
+    engine-overhead benchmark ran; an earlier ``overhead.json`` in ``out`` is rendered again)."""
+    from priorkit.report.overhead import overhead_markdown
+
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "md": out / "report.md", "html": out / "report.html"}
     paths["json"].write_text(json.dumps(_clean(results), indent=2, allow_nan=False))
-    paths["md"].write_text(render_markdown(results, title))
-    paths["html"].write_text(render_html(results, title))
+    over_path = out / "overhead.json"
+    if overhead is not None:
+        over_path.write_text(json.dumps(overhead, indent=2))
+    elif over_path.is_file():
+        overhead = json.loads(over_path.read_text())
+    md, page = render_markdown(results, title), render_html(results, title)
+    if overhead:
+        md += "\n" + overhead_markdown(overhead)
+        page = page.replace("</body></html>", overhead_html(overhead) + "</body></html>")
+    paths["md"].write_text(md)
+    paths["html"].write_text(page)
     return paths

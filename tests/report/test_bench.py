@@ -68,3 +68,15 @@ def test_cli_bench_writes_the_three_files(tmp_path, capsys):
     assert {p.name for p in out.iterdir()} >= {"results.json", "report.md", "report.html"}
     assert "report:" in capsys.readouterr().out
     assert main(["bench", "--ids", "teen", "--seeds", "0", "--out", str(out)]) == 2
+
+
+def test_engine_overhead_section_is_rendered(tmp_path):
+    from priorkit.report.overhead import engine_overhead
+    from priorkit.report.render import write_report
+
+    rows = engine_overhead(("ce", "elr"), epochs=1, n=256, repeats=1)
+    assert [r["case"] for r in rows] == ["ce", "elr"] and all(r["engine_ms"] > 0 and r["ratio"] > 0 for r in rows)
+    paths = write_report([], tmp_path, overhead=rows)
+    assert "## Engine overhead" in paths["md"].read_text() and "engine-overhead" in paths["html"].read_text()
+    again = write_report([], tmp_path)  # overhead.json from the earlier run is rendered again
+    assert "## Engine overhead" in again["md"].read_text()
