@@ -117,14 +117,16 @@ def _devices(v: str) -> int | str:
 
 
 def _set_threads(n: int | None) -> None:
-    """Intra-op threads for the run (on a shared machine, 1 thread per process avoids oversubscription)."""
+    """Torch and BLAS threads for the run (on a shared machine, 1 thread per process avoids oversubscription)."""
     if n is None:
         return
     if n < 1:
         raise PriorkitError(f"--threads must be >= 1, got {n}")
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(n)
+    threadpool_limits(n)  # BLAS/OpenMP pools of NumPy, SciPy, scikit-learn: the same limit
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

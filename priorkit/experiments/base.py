@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,8 @@ class Experiment:
     quick_seeds: int = 2
     plot: Callable[[list[SeedResult], Path], list[Path]] | None = None
     notes: str = ""
-    #: torch intra-op threads while this experiment runs (None: leave as is); tiny models run fastest on 1
+    #: torch intra-op and BLAS/OpenMP threads while this experiment runs (None: leave as is); tiny models run
+    #: fastest on 1 (see :func:`thread_limit`)
     threads: int | None = None
 
 
@@ -83,17 +85,31 @@ def _stats(values: list[float]) -> dict[str, float]:
     return {"mean": float(v.mean()), "std": std if math.isfinite(std) else 0.0, "n": len(values)}
 
 
+@contextmanager
+def thread_limit(n: int | None) -> Iterator[None]:
+    """The bench's one thread policy: torch's intra-op threads and the BLAS/OpenMP pools of NumPy, SciPy and
+    scikit-learn (via threadpoolctl) limited to ``n`` inside the block (``None``: unchanged)."""
+    if n is None:
+        yield
+        return
+    import sklearn.linear_model  # noqa: F401  (load scikit-learn's and SciPy's BLAS/OpenMP before limiting them)
+    from threadpoolctl import threadpool_limits
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        with threadpool_limits(n):
+            yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def run_experiment(exp: Experiment, *, quick: bool, seeds: int | None = None, figdir: Path | None = None) -> dict:
     """Run ``exp`` over seeds ``0..n-1`` and return the result record of ``results.json``."""
     n = seeds if seeds is not None else (exp.quick_seeds if quick else exp.seeds)
     start = time.perf_counter()
-    threads = torch.get_num_threads()
-    if exp.threads is not None:
-        torch.set_num_threads(exp.threads)
-    try:
+    with thread_limit(exp.threads):
         per_seed = [exp.run(seed, quick) for seed in range(n)]
-    finally:
-        torch.set_num_threads(threads)
     seconds = time.perf_counter() - start
     metrics = {side: sorted({k for r in per_seed for k in r[side]}) for side in ("method", "baseline")}
     agg = {

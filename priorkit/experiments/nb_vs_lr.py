@@ -164,19 +164,11 @@ def _text_features(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
 
 
 def run(seed: int, quick: bool) -> SeedResult:
-    import sklearn.linear_model  # noqa: F401  (load scipy's and sklearn's BLAS/OpenMP before limiting them)
-    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        # small problems: one thread is fastest; on a loaded machine OpenBLAS threads slow lbfgs down ~10x
-        with threadpool_limits(1):
-            sim = _simulation(seed)
-            probes = _probes(*_digit_features(seed), seed)
-            text = _probes(*_text_features(seed), seed)
-    finally:
-        torch.set_num_threads(threads)
+    # small problems: one thread is fastest; on a loaded machine OpenBLAS threads slow lbfgs down ~10x
+    # (EXPERIMENT.threads = 1 limits torch and BLAS for the whole run)
+    sim = _simulation(seed)
+    probes = _probes(*_digit_features(seed), seed)
+    text = _probes(*_text_features(seed), seed)
     sides = {}
     for name, side in (("nb", "method"), ("lr", "baseline")):
         r = sim[name]
@@ -237,4 +229,5 @@ EXPERIMENT = Experiment(
     seeds=5,
     quick_seeds=2,
     plot=plot,
+    threads=1,
 )
