@@ -11,6 +11,14 @@ are scored transductively on the unlabelled part (all / old / new accuracy after
 (5, 10, 4)
 >>> bool(g.unlabelled_old_mask.any()), bool((~g.unlabelled_old_mask).any())
 (True, True)
+
+A user's own data, as ``(x, y)`` tensors or numpy arrays alike (test part: ``test_data`` or a ``test`` fraction):
+
+>>> import numpy as np
+>>> x, y = np.random.default_rng(0).random((90, 5)), np.arange(90) % 3
+>>> u = gcd_split((x, y), old_classes=(2,), prop_labelled=0.5, seed=0)
+>>> u.num_old, u.num_classes, u.class_order, len(u.labelled), len(u.test)
+(1, 3, (2, 0, 1), 10, 27)
 """
 
 from __future__ import annotations
@@ -21,8 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from priorkit.core.errors import PriorkitError, check_choice, check_range
-from priorkit.data.datasets import IndexedTensorDataset, Splits, load_digits, load_mnist1d
+from priorkit.core.errors import PriorkitError, check_range
+from priorkit.data.datasets import IndexedTensorDataset, Splits
+from priorkit.data.ood import UserData, resolve_splits
 
 GCD_DATASETS = ("digits", "digits_image", "mnist1d", "mnist1d_channel")
 
@@ -66,30 +75,44 @@ class GCDSplits:
         return self.test.y < self.num_old
 
 
-def _load(name: str, seed: int) -> Splits:
-    if name.startswith("digits"):
-        return load_digits(image=name == "digits_image", val=0.0, test=0.3, seed=seed)
-    return load_mnist1d(val=0.0, seed=seed, channel=name == "mnist1d_channel")
-
-
 def gcd_split(
-    dataset: str = "digits",
+    dataset: str | UserData | Splits = "digits",
     *,
     old_classes: Sequence[int] = (0, 1, 2, 3, 4),
     prop_labelled: float = 0.5,
     seed: int = 0,
+    test_data: UserData | None = None,
+    test: float | None = None,
+    num_classes: int | None = None,
 ) -> GCDSplits:
     """Build the GCD split of ``dataset``: ``prop_labelled`` of each old class's training samples are labelled
-    (drawn per class from ``seed``); the rest, and every new-class sample, are unlabelled."""
-    check_choice("dataset", dataset, GCD_DATASETS)
+    (drawn per class from ``seed``); the rest, and every new-class sample, are unlabelled.
+
+    ``dataset`` is a name of :data:`GCD_DATASETS` or the user's own data: an ``(x, y)`` pair of tensors or numpy
+    arrays (alike), an :class:`IndexedTensorDataset` or a :class:`Splits`. For the user's data the test part is
+    ``test_data`` or a stratified ``test`` fraction (default 0.3) of ``dataset``, and the classes are
+    ``0..num_classes-1`` (default: the largest label plus one; see :func:`priorkit.data.ood.user_splits`)."""
     check_range("prop_labelled", prop_labelled, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+    base, _ = resolve_splits(dataset, GCD_DATASETS, test_data=test_data, test=test, num_classes=num_classes, seed=seed)
+    n_cls = base.num_classes
+    if n_cls < 2:
+        raise PriorkitError(f"dataset has {n_cls} class; a GCD split needs at least 2 (1 old + 1 new)")
     old = tuple(int(c) for c in old_classes)
-    if len(set(old)) != len(old) or any(not 0 <= c < 10 for c in old) or not 1 <= len(old) <= 9:
-        raise PriorkitError(f"old_classes must be 1 to 9 distinct classes in [0, 9], got {tuple(old_classes)}")
-    base = _load(dataset, seed)
-    order = old + tuple(c for c in range(10) if c not in old)
-    lut = torch.empty(10, dtype=torch.long)
-    lut[torch.tensor(order)] = torch.arange(10)
+    if len(set(old)) != len(old) or any(not 0 <= c < n_cls for c in old) or not 1 <= len(old) <= n_cls - 1:
+        raise PriorkitError(
+            f"old_classes must be 1 to {n_cls - 1} distinct classes in [0, {n_cls - 1}], got {tuple(old_classes)}"
+        )
+    order = old + tuple(c for c in range(n_cls) if c not in old)
+    counts = torch.bincount(base.train.y, minlength=n_cls)
+    few = [c for c in old if int(counts[c]) < 2]
+    if few:
+        raise PriorkitError(
+            f"old_classes {few} have fewer than 2 training samples in dataset (need labelled and unlabelled ones)"
+        )
+    if int(counts[list(order[len(old) :])].sum()) == 0:
+        raise PriorkitError(f"dataset has no training samples of the new classes {order[len(old) :]}")
+    lut = torch.empty(n_cls, dtype=torch.long)
+    lut[torch.tensor(order)] = torch.arange(n_cls)
     x, y = base.train.x, lut[base.train.y]
     rng = np.random.default_rng(seed + 1000003)
     lab = np.zeros(len(y), dtype=bool)
@@ -107,7 +130,7 @@ def gcd_split(
         IndexedTensorDataset(x[~m], y[~m]),
         IndexedTensorDataset(base.test.x, lut[base.test.y]),
         num_old=len(old),
-        num_classes=10,
+        num_classes=n_cls,
         class_order=order,
         input_shape=base.input_shape,
     )

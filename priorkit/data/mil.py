@@ -16,18 +16,27 @@ Example::
     data = mil_digits(num_bags=(100, 100), bag_size=20, positives_per_bag=(2, 4), seed=0)
     train = data.train
     train.x.shape, train.num_bags, train.bag_y.float().mean()   # ([2000, 64], 100, 0.5)
+
+A user's own data, as ``(x, y)`` tensors or numpy arrays alike: :func:`make_bags` for one set of bags, or
+:func:`mil_split` for disjoint train/test bags (test pool: ``test_data`` or a stratified ``test`` fraction)::
+
+    data = mil_split((x, y), positive_classes=(3,), num_bags=(50, 50), bag_size=10, positives_per_bag=(1, 2))
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from priorkit.core.errors import PriorkitError, check_positive_int, check_range
-from priorkit.data.datasets import IndexedTensorDataset, gaussian_mixture, load_digits, load_mnist1d
+from priorkit.core.errors import PriorkitError, check_choice, check_positive_int, check_range
+from priorkit.data.datasets import IndexedTensorDataset, Splits, gaussian_mixture, load_digits, load_mnist1d
+from priorkit.data.ood import UserData, check_xy, user_splits
+
+MIL_DATASETS = ("digits", "digits_image", "mnist1d", "mnist1d_channel")
 
 IntRange = int | tuple[int, int]
 FloatRange = float | tuple[float, float]
@@ -151,8 +160,8 @@ class _Pool:
 
 
 def make_bags(
-    x: torch.Tensor,
-    y: torch.Tensor,
+    x: torch.Tensor | Any,
+    y: torch.Tensor | Any,
     *,
     positive_classes: Sequence[int],
     num_bags: int,
@@ -168,11 +177,11 @@ def make_bags(
     The first ``round(pos_bag_ratio * num_bags)`` bags are positive (the order of bags is then shuffled).
     A positive bag's positives count is ``positives_per_bag`` or ``round(witness_rate * size)`` (at least
     1, at most the bag size); give exactly one of the two.
+
+    ``x`` and ``y`` are tensors or numpy arrays alike (features become float32, labels int64); NaN features,
+    non-integer or negative labels and a length mismatch are refused (:func:`priorkit.data.ood.check_xy`).
     """
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise PriorkitError("x and y must be torch tensors")
-    if y.dim() != 1 or len(y) != len(x):
-        raise PriorkitError(f"y must be 1-D with one label per row of x, got {list(y.shape)} for x {list(x.shape)}")
+    x, y = check_xy(x, y)
     check_positive_int("num_bags", num_bags)
     check_range("pos_bag_ratio", pos_bag_ratio, 0.0, 1.0)
     _check_range_arg("bag_size", bag_size, True, 1, None)
@@ -191,6 +200,10 @@ def make_bags(
     if missing:
         raise PriorkitError(f"positive_classes {missing} do not occur in y; classes present: {sorted(present)}")
     is_pos = np.isin(y_np, pos_classes)
+    if is_pos.all():
+        raise PriorkitError(
+            f"positive_classes {pos_classes} cover every class in y ({sorted(present)}); negatives are needed"
+        )
     rng = np.random.default_rng(seed)
     pos_pool = _Pool(np.flatnonzero(is_pos), rng, reuse, "positive")
     neg_pool = _Pool(np.flatnonzero(~is_pos), rng, reuse, "negative")
@@ -300,3 +313,39 @@ def mil_gaussian(
         positive_classes=positive_classes, bag_size=bag_size, positives_per_bag=positives_per_bag,
         witness_rate=witness_rate, pos_bag_ratio=pos_bag_ratio, reuse=reuse,
     )  # fmt: skip
+
+
+def mil_split(
+    dataset: str | UserData | Splits = "digits",
+    *,
+    positive_classes: Sequence[int] = (9,),
+    num_bags: int | tuple[int, int] = (100, 100),
+    bag_size: IntRange = 20,
+    positives_per_bag: IntRange | None = (2, 4),
+    witness_rate: FloatRange | None = None,
+    pos_bag_ratio: float = 0.5,
+    test_data: UserData | None = None,
+    test: float | None = None,
+    reuse: bool = True,
+    seed: int = 0,
+) -> MILSplits:
+    """Train/test MIL bags from a built-in name of :data:`MIL_DATASETS` (as :func:`mil_digits` /
+    :func:`mil_mnist1d`) or from the user's own data: an ``(x, y)`` pair of tensors or numpy arrays (alike), an
+    :class:`IndexedTensorDataset` or a :class:`Splits`. The test pool is ``test_data`` or a stratified ``test``
+    fraction (default 0.5) of ``dataset``, disjoint from the training pool; the bags follow :func:`make_bags`."""
+    kw = dict(
+        positive_classes=positive_classes, num_bags=num_bags, bag_size=bag_size, positives_per_bag=positives_per_bag,
+        witness_rate=witness_rate, pos_bag_ratio=pos_bag_ratio, reuse=reuse, seed=seed,
+    )  # fmt: skip
+    if isinstance(dataset, str):
+        check_choice("dataset", dataset, MIL_DATASETS)
+        if test_data is not None:
+            raise PriorkitError(f"test_data is only for a user's own data, not the built-in dataset {dataset!r}")
+        if dataset.startswith("digits"):
+            return mil_digits(image=dataset == "digits_image", test=0.5 if test is None else test, **kw)
+        if test is not None:
+            raise PriorkitError(f"test is only for a user's own data or digits; {dataset!r} has a fixed test split")
+        return mil_mnist1d(channel=dataset == "mnist1d_channel", **kw)
+    s = user_splits(dataset, test_data=test_data, test=0.5 if test is None else test, seed=seed)
+    nb = kw.pop("num_bags")
+    return _split(s.train.x, s.train.y, s.test.x, s.test.y, nb, kw.pop("seed"), **kw)

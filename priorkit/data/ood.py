@@ -12,6 +12,15 @@ samples are ever used for training; near-OOD comes from the test split, so no OO
 >>> sorted(d.ood) == ["far", "near"], int(d.train.y.max())
 (True, 4)
 
+A user's own data goes in the same way, as ``(x, y)`` tensors or numpy arrays (a held-out ``test_data`` pair, or a
+stratified ``test`` fraction split off from ``seed``); features become float32, labels int64:
+
+>>> import numpy as np
+>>> x, y = np.random.default_rng(0).random((120, 6)), np.arange(120) % 4
+>>> u = ood_split((x, y), id_classes=(0, 2), seed=0)
+>>> u.id_classes, u.ood_classes, u.input_shape, len(u.test), len(u.ood["near"])
+((0, 2), (1, 3), (6,), 18, 18)
+
 :func:`shift_noise_views` makes the light augmented views (random shift + Gaussian noise) that the small-scale
 checks of PALM and ProtoGCD use instead of crops and colour jitter.
 """
@@ -20,14 +29,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from priorkit.core.errors import PriorkitError, check_choice, check_positive_int, check_range
-from priorkit.data.datasets import IndexedTensorDataset, Splits, load_digits, load_mnist1d
+from priorkit.core.errors import (
+    PriorkitError,
+    as_tensor,
+    check_choice,
+    check_finite,
+    check_labels,
+    check_positive_int,
+    check_range,
+)
+from priorkit.data.datasets import IndexedTensorDataset, Splits, load_digits, load_mnist1d, split_arrays
 
 OOD_DATASETS = ("digits", "digits_image", "mnist1d", "mnist1d_channel")
 FAR_KINDS = ("uniform", "gaussian", "shuffled")
+
+#: A user's own labelled data: an ``(x, y)`` pair of tensors or numpy arrays, or an :class:`IndexedTensorDataset`.
+UserData = tuple[Any, Any] | list[Any] | IndexedTensorDataset
 
 
 @dataclass
@@ -54,13 +75,120 @@ def _load(name: str, seed: int) -> Splits:
     return load_mnist1d(val=0.0, seed=seed, channel=name == "mnist1d_channel")
 
 
+def check_xy(
+    x: Any, y: Any, *, x_name: str = "x", y_name: str = "y", num_classes: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate a user's features and labels (tensors or numpy arrays alike) and return ``(x float32, y int64)``.
+
+    Refused, naming the argument: anything that is not an array of numbers, an empty ``x``, NaN/inf features,
+    ``y`` not 1-D or not one label per row of ``x``, non-integer labels, negative labels and (with
+    ``num_classes``) labels ``>= num_classes``. Integer-valued float labels (e.g. read from a CSV) are accepted.
+    """
+    x_t, y_t = as_tensor(x_name, x), as_tensor(y_name, y)
+    if x_t.dim() == 0 or len(x_t) == 0:
+        raise PriorkitError(f"{x_name} must be a non-empty array with one row per sample, got {list(x_t.shape)}")
+    if x_t.is_complex() or x_t.dtype == torch.bool:
+        raise PriorkitError(f"{x_name} must hold real-valued features, got dtype {x_t.dtype}")
+    x_t = check_finite(x_name, x_t.float())
+    if y_t.dim() != 1 or len(y_t) != len(x_t):
+        raise PriorkitError(
+            f"{y_name} must have shape [{len(x_t)}] (one label per row of {x_name}), got {list(y_t.shape)}"
+        )
+    if y_t.is_complex() or y_t.dtype == torch.bool:
+        raise PriorkitError(f"{y_name} must hold integer class labels, got dtype {y_t.dtype}")
+    if y_t.is_floating_point():
+        if not bool(torch.isfinite(y_t).all()) or not torch.equal(y_t, y_t.round()):
+            raise PriorkitError(f"{y_name} must hold integer class labels, got non-integer values")
+    y_t = y_t.long()
+    if int(y_t.min()) < 0:
+        raise PriorkitError(f"{y_name} must hold class labels >= 0, got minimum {int(y_t.min())}")
+    if num_classes is not None:
+        check_positive_int("num_classes", num_classes)
+        check_labels(y_name, y_t, num_classes)
+    return x_t, y_t
+
+
+def _xy(name: str, data: Any, num_classes: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(data, IndexedTensorDataset):
+        return check_xy(data.x, data.y, x_name=f"{name}.x", y_name=f"{name}.y", num_classes=num_classes)
+    if isinstance(data, tuple | list) and len(data) == 2:
+        return check_xy(data[0], data[1], x_name=f"{name}[0] (x)", y_name=f"{name}[1] (y)", num_classes=num_classes)
+    raise PriorkitError(
+        f"{name} must be a built-in dataset name, an (x, y) pair of tensors or numpy arrays, or an "
+        f"IndexedTensorDataset, got {type(data).__name__}"
+        + (f" of length {len(data)}" if isinstance(data, tuple | list) else "")
+    )
+
+
+def user_splits(
+    dataset: UserData | Splits,
+    *,
+    test_data: UserData | None = None,
+    test: float = 0.3,
+    seed: int = 0,
+    num_classes: int | None = None,
+) -> Splits:
+    """A user's own data as a train/test :class:`Splits` (no validation part), checked by :func:`check_xy`.
+
+    ``dataset`` is the training pool (or a whole :class:`Splits`, whose ``train`` and ``test`` are used). Without
+    ``test_data`` a stratified ``test`` fraction of ``dataset`` is held out (deterministic from ``seed``).
+    ``num_classes`` defaults to the largest label in train or test plus one. Features must share one shape.
+    """
+    if isinstance(dataset, Splits):
+        if test_data is not None:
+            raise PriorkitError("test_data must be None when dataset is a Splits (its test part is used)")
+        dataset, test_data = dataset.train, dataset.test
+    x, y = _xy("dataset", dataset, num_classes)
+    if test_data is None:
+        check_range("test", test, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+        s = split_arrays(x, y, val=0.0, test=test, seed=seed)
+        train, held = s.train, s.test
+        if len(held) == 0 or len(train) == 0:
+            raise PriorkitError(f"test={test} of {len(x)} samples leaves an empty train or test part")
+    else:
+        xt, yt = _xy("test_data", test_data, num_classes)
+        if xt.shape[1:] != x.shape[1:]:
+            raise PriorkitError(
+                f"test_data features must have the shape of dataset's, {list(x.shape[1:])}, got {list(xt.shape[1:])}"
+            )
+        train, held = IndexedTensorDataset(x, y), IndexedTensorDataset(xt, yt)
+    c = num_classes if num_classes is not None else int(max(int(train.y.max()), int(held.y.max()))) + 1
+    empty = IndexedTensorDataset(x[:0], y[:0])
+    return Splits(train, empty, held, num_classes=c, input_shape=tuple(x.shape[1:]))
+
+
+def resolve_splits(
+    dataset: str | UserData | Splits,
+    names: Sequence[str],
+    *,
+    test_data: UserData | None,
+    test: float | None,
+    num_classes: int | None,
+    seed: int,
+) -> tuple[Splits, str]:
+    """A built-in ``dataset`` name (loaded with its fixed test split, 10 classes) or a user's own data
+    (:func:`user_splits`, default ``test`` fraction 0.3); returns the splits and a name for ``meta``."""
+    if isinstance(dataset, str):
+        check_choice("dataset", dataset, names)
+        for arg, value in (("test_data", test_data), ("test", test), ("num_classes", num_classes)):
+            if value is not None:
+                raise PriorkitError(
+                    f"{arg} is only for a user's own data; the built-in dataset {dataset!r} has a fixed test "
+                    f"split and 10 classes, got {arg}={value!r}"
+                )
+        return _load(dataset, seed), dataset
+    test = 0.3 if test is None else test
+    return user_splits(dataset, test_data=test_data, test=test, seed=seed, num_classes=num_classes), "user"
+
+
 def select_classes(data: IndexedTensorDataset, classes: Sequence[int], relabel: bool = True) -> IndexedTensorDataset:
     """The samples of ``classes`` (in dataset order); with ``relabel`` class ``classes[i]`` becomes ``i``."""
     classes = [int(c) for c in classes]
     keep = torch.isin(data.y, torch.tensor(classes, dtype=torch.long))
     x, y = data.x[keep], data.y[keep]
     if relabel:
-        lut = torch.full((int(data.y.max()) + 1,), -1, dtype=torch.long)
+        size = max([int(data.y.max()) if len(data.y) else -1, *classes]) + 1
+        lut = torch.full((size,), -1, dtype=torch.long)
         lut[torch.tensor(classes)] = torch.arange(len(classes))
         y = lut[y]
     return IndexedTensorDataset(x, y)
@@ -97,36 +225,64 @@ def far_outliers(
 
 
 def ood_split(
-    dataset: str = "digits",
+    dataset: str | UserData | Splits = "digits",
     *,
     id_classes: Sequence[int] = (0, 1, 2, 3, 4),
     far: Sequence[str] = ("uniform",),
     n_far: int | None = None,
     seed: int = 0,
+    test_data: UserData | None = None,
+    test: float | None = None,
+    num_classes: int | None = None,
 ) -> OODSplits:
     """ID = ``id_classes`` of ``dataset``; OOD sets ``near`` (test samples of the other classes) and one far set
     per entry of ``far`` (``far`` alone when there is one kind, else ``far_<kind>``), of ``n_far`` samples (default:
-    as many as the ID test set). Deterministic from ``seed`` (the dataset split and the outliers)."""
-    check_choice("dataset", dataset, OOD_DATASETS)
+    as many as the ID test set). Deterministic from ``seed`` (the dataset split and the outliers).
+
+    ``dataset`` is a name of :data:`OOD_DATASETS` or the user's own data: an ``(x, y)`` pair of tensors or numpy
+    arrays (alike), an :class:`IndexedTensorDataset` or a :class:`Splits`. For the user's data the test part is
+    ``test_data`` or a stratified ``test`` fraction (default 0.3) of ``dataset``, and the classes are
+    ``0..num_classes-1`` (default: the largest label plus one); see :func:`user_splits`."""
+    base, name = resolve_splits(
+        dataset, OOD_DATASETS, test_data=test_data, test=test, num_classes=num_classes, seed=seed
+    )
+    n_cls = base.num_classes
+    if n_cls < 3:
+        raise PriorkitError(
+            f"dataset has {n_cls} classes; an OOD split needs at least 3 (2 ID classes + 1 near-OOD class)"
+        )
     ids = tuple(int(c) for c in id_classes)
-    if len(set(ids)) != len(ids) or not ids or any(not 0 <= c < 10 for c in ids):
-        raise PriorkitError(f"id_classes must be distinct classes in [0, 9], got {tuple(id_classes)}")
-    if len(ids) < 2 or len(ids) == 10:
-        raise PriorkitError(f"id_classes must hold between 2 and 9 classes (the rest are near-OOD), got {len(ids)}")
+    if len(set(ids)) != len(ids) or not ids or any(not 0 <= c < n_cls for c in ids):
+        raise PriorkitError(f"id_classes must be distinct classes in [0, {n_cls - 1}], got {tuple(id_classes)}")
+    if len(ids) < 2 or len(ids) == n_cls:
+        raise PriorkitError(
+            f"id_classes must hold between 2 and {n_cls - 1} classes (the rest are near-OOD), got {len(ids)}"
+        )
     for k in far:
         check_choice("far", k, FAR_KINDS)
-    base = _load(dataset, seed)
-    oods = tuple(c for c in range(10) if c not in ids)
-    train, test = select_classes(base.train, ids), select_classes(base.test, ids)
+    absent = [c for c in ids if not bool((base.train.y == c).any())]
+    if absent:
+        raise PriorkitError(f"id_classes {absent} have no training samples in dataset")
+    oods = tuple(c for c in range(n_cls) if c not in ids)
+    train, test_set = select_classes(base.train, ids), select_classes(base.test, ids)
     near = select_classes(base.test, oods, relabel=False)
+    if len(test_set) == 0 or len(near) == 0:
+        raise PriorkitError(
+            f"the test part holds {len(test_set)} ID and {len(near)} near-OOD samples (classes {oods}); "
+            "both must be non-empty: pass other id_classes, a larger test fraction or test_data"
+        )
     lo, hi = float(base.train.x.min()), float(base.train.x.max())
-    n = n_far if n_far is not None else len(test)
+    if not hi > lo:
+        raise PriorkitError(f"dataset features are constant ({lo}); far outliers need a value range")
+    n = n_far if n_far is not None else len(test_set)
     check_positive_int("n_far", n)
     sets = {"near": near}
     for i, kind in enumerate(far):
-        x = far_outliers(n, base.input_shape, kind, seed=seed * 7919 + i + 1, value_range=(lo, hi), reference=test.x)
+        x = far_outliers(
+            n, base.input_shape, kind, seed=seed * 7919 + i + 1, value_range=(lo, hi), reference=test_set.x
+        )
         sets["far" if len(far) == 1 else f"far_{kind}"] = IndexedTensorDataset(x, torch.full((n,), -1))
-    return OODSplits(train, test, sets, ids, oods, base.input_shape, (lo, hi), {"dataset": dataset, "seed": seed})
+    return OODSplits(train, test_set, sets, ids, oods, base.input_shape, (lo, hi), {"dataset": name, "seed": seed})
 
 
 def shift_noise_views(

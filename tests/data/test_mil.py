@@ -1,11 +1,12 @@
 """MIL bags: the bag label rule, sizes and witness rates, determinism, bad input; the MIL AUC metrics."""
 
+import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
 from priorkit.core.errors import PriorkitError
-from priorkit.data.mil import MILBags, make_bags, mil_digits, mil_gaussian, mil_mnist1d
+from priorkit.data.mil import MILBags, make_bags, mil_digits, mil_gaussian, mil_mnist1d, mil_split
 from priorkit.metrics.mil import bag_auc, bag_scores, instance_auc, mil_metrics
 
 
@@ -132,3 +133,81 @@ def test_metric_errors():
         bag_scores(torch.rand(4), torch.tensor([0, 2, 5]))
     with pytest.raises(PriorkitError, match="0/1"):
         instance_auc(torch.rand(3), torch.tensor([0, 1, 2]))
+
+
+# --- a user's own data (tensors and numpy arrays alike) ---------------------------------------------------------
+
+
+def _same_bags(a, b):
+    fields = ("x", "instance_y", "source_y", "bag_index", "offsets", "bag_y")
+    return all(getattr(a, f).dtype == getattr(b, f).dtype and torch.equal(getattr(a, f), getattr(b, f)) for f in fields)
+
+
+def _user(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 3)), np.arange(n) % 5
+
+
+def test_make_bags_from_numpy_equals_tensors():
+    x, y = _user()
+    kw = dict(positive_classes=[1], num_bags=12, bag_size=(3, 6), positives_per_bag=(1, 2), seed=4)
+    a, b = make_bags(x, y, **kw), make_bags(torch.from_numpy(x), torch.from_numpy(y), **kw)
+    assert _same_bags(a, b) and a.x.dtype == torch.float32 and a.source_y.dtype == torch.long
+    assert _same_bags(a, make_bags(x, y.astype(np.float32), **kw))  # integer-valued float labels
+
+
+def test_mil_split_from_user_data_equals_numpy_and_names_match_loaders():
+    x, y = _user()
+    kw = dict(positive_classes=(2,), num_bags=(10, 8), bag_size=5, positives_per_bag=(1, 2), seed=1)
+    a = mil_split((x, y), **kw)
+    b = mil_split((torch.from_numpy(x), torch.from_numpy(y)), **kw)
+    assert _same_bags(a.train, b.train) and _same_bags(a.test, b.test) and a.input_shape == (3,)
+    assert a.train.num_bags == 10 and a.test.num_bags == 8
+    xt, yt = _user(60, seed=1)
+    c = mil_split((x, y), test_data=(xt, yt), **kw)
+    d = mil_split((torch.from_numpy(x), y), test_data=(torch.from_numpy(xt), torch.from_numpy(yt)), **kw)
+    assert _same_bags(c.test, d.test)
+    test_rows = {tuple(r.tolist()) for r in torch.from_numpy(xt).float()}
+    assert all(tuple(r.tolist()) in test_rows for r in c.test.x)  # test bags come from test_data only
+    # the built-in names give exactly what the per-dataset loaders give
+    e, f = mil_split("digits", num_bags=(6, 4), bag_size=5, seed=2), mil_digits(num_bags=(6, 4), bag_size=5, seed=2)
+    assert _same_bags(e.train, f.train) and _same_bags(e.test, f.test)
+
+
+@pytest.mark.parametrize(
+    "data, kw, match",
+    [
+        ((np.zeros((10, 2)), np.arange(9) % 2), {}, r"y must have shape \[10\]"),
+        ((np.zeros((10, 2)), np.arange(10) % 2 + 0.5), {}, "y must hold integer class labels"),
+        ((np.zeros((10, 2)), np.arange(10) % 2 - 1), {}, "y must hold class labels >= 0"),
+        ((np.full((10, 2), np.nan), np.arange(10) % 2), {}, "x holds 20 NaN"),
+        ((np.zeros((10, 2)), np.zeros(10, dtype=int)), {}, "positive_classes \\[0\\] cover every class"),
+        ((np.zeros((10, 2)), np.arange(10) % 2), {"positive_classes": [3]}, "positive_classes \\[3\\] do not occur"),
+        ((["a", "b"], [0, 1]), {}, "x must be a tensor or an array of numbers"),
+        (("x", [0, 1]), {}, "x must be a torch.Tensor or a numpy array"),
+    ],
+)
+def test_make_bags_user_bad_input(data, kw, match):
+    args = dict(positive_classes=[0], num_bags=4, bag_size=3, positives_per_bag=1) | kw
+    with pytest.raises(PriorkitError, match=match):
+        make_bags(*data, **args)
+
+
+@pytest.mark.parametrize(
+    "data, kw, match",
+    [
+        ((np.zeros((10, 2)), np.arange(9) % 2), {}, r"dataset\[1\] \(y\) must have shape \[10\]"),
+        ((np.zeros((10, 2)), np.arange(10) % 2 + 0.5), {}, r"dataset\[1\] \(y\) must hold integer"),
+        ((np.full((10, 2), np.inf), np.arange(10) % 2), {}, r"dataset\[0\] \(x\) holds 20 NaN or inf"),
+        (_user(), {"test_data": (np.zeros((4, 2)), np.zeros(4, dtype=int))}, "test_data features must have"),
+        (_user(), {"test_data": (np.zeros((4, 3)), np.zeros(3, dtype=int))}, r"test_data\[1\] \(y\) must have"),
+        ("cifar", {}, "dataset must be one of"),
+        ("digits", {"test_data": _user()}, "test_data is only for a user's own data"),
+        ("mnist1d", {"test": 0.3}, "fixed test split"),
+        (np.zeros((10, 2)), {}, "dataset must be a built-in dataset name"),
+    ],
+)
+def test_mil_split_bad_input(data, kw, match):
+    args = dict(positive_classes=[0], num_bags=4, bag_size=3, positives_per_bag=1) | kw
+    with pytest.raises(PriorkitError, match=match):
+        mil_split(data, **args)
