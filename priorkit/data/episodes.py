@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from priorkit.core.errors import PriorkitError, check_choice, check_positive_int, check_range
+from priorkit.core.errors import PriorkitError, as_tensor, check_choice, check_positive_int, check_range
 from priorkit.data.datasets import IndexedTensorDataset, gaussian_mixture, load_digits, load_mnist1d
 
 FEWSHOT_DATASETS = ("digits", "digits_image", "mnist1d", "mnist1d_channel", "gaussian_mixture")
@@ -41,6 +41,8 @@ def _labels_of(labels: torch.Tensor | IndexedTensorDataset | Sequence[int], name
         labels = labels.y
     elif hasattr(labels, "get_labels"):  # easyfsl-style datasets
         labels = torch.as_tensor(list(labels.get_labels()))
+    elif isinstance(labels, np.ndarray):
+        labels = torch.from_numpy(labels)
     elif not isinstance(labels, torch.Tensor):
         labels = torch.as_tensor(list(labels))
     if labels.dim() != 1 or labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
@@ -169,7 +171,8 @@ def iter_episodes(
 
     ``x`` may be raw inputs or a feature bank; ``sampler_kwargs`` go to :class:`EpisodeSampler`.
     """
-    if not isinstance(x, torch.Tensor) or len(x) != len(y):
+    x = as_tensor("x", x)
+    if len(x) != len(y):
         raise PriorkitError(f"x must be a tensor with one row per label ({len(y)}), got {getattr(x, 'shape', x)}")
     for ep in EpisodeSampler(y, **sampler_kwargs):
         yield ep.support(x), ep.support_y, ep.query(x), ep.query_y
@@ -203,8 +206,11 @@ def make_fewshot(
 
     ``base_classes`` is a count (the first that many sorted labels) or an explicit list of labels.
     """
-    y = _labels_of(y, "y")
-    if not isinstance(x, torch.Tensor) or len(x) != len(y):
+    numpy_x = not isinstance(x, torch.Tensor)
+    x, y = as_tensor("x", x), _labels_of(as_tensor("y", y) if not isinstance(y, torch.Tensor) else y, "y")
+    if numpy_x and x.dtype == torch.float64:
+        x = x.float()  # numpy's default float64 -> torch's float32
+    if len(x) != len(y):
         raise PriorkitError(f"x must be a tensor with one row per label ({len(y)})")
     check_range("val", val, 0.0, 1.0, high_inclusive=False)
     labels = sorted(int(c) for c in torch.unique(y))

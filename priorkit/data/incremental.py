@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from priorkit.core.errors import PriorkitError, check_choice, check_positive_int
+from priorkit.core.errors import PriorkitError, as_tensor, check_choice, check_positive_int
 from priorkit.data.datasets import IndexedTensorDataset, gaussian_mixture, load_digits, load_mnist1d
 
 INCREMENTAL_DATASETS = ("digits", "digits_image", "mnist1d", "mnist1d_channel", "gaussian_mixture")
@@ -125,9 +125,15 @@ def make_incremental(
     check_positive_int("base_classes", base_classes)
     check_positive_int("way", way)
     check_positive_int("shot", shot)
+    x_train, x_test = as_tensor("x_train", x_train), as_tensor("x_test", x_test)
+    y_train, y_test = as_tensor("y_train", y_train), as_tensor("y_test", y_test)
     for name, y in (("y_train", y_train), ("y_test", y_test)):
-        if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.dtype != torch.long:
-            raise PriorkitError(f"{name} must be a 1-D int64 tensor of class labels")
+        if y.dim() != 1 or y.is_floating_point() or y.dtype == torch.bool:
+            raise PriorkitError(f"{name} must be a 1-D integer tensor (or array) of class labels")
+    y_train, y_test = y_train.long(), y_test.long()
+    for name, x, y in (("x_train", x_train, y_train), ("x_test", x_test, y_test)):
+        if len(x) != len(y):
+            raise PriorkitError(f"{name} must have one row per label ({len(y)}), got {list(x.shape)}")
     labels = sorted(int(c) for c in torch.unique(y_train))
     order = list(labels) if class_order is None else [int(c) for c in class_order]
     if sorted(order) != labels:

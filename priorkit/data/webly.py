@@ -14,11 +14,12 @@ before noise.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from priorkit.core.errors import PriorkitError, check_choice, check_positive_int, check_range
+from priorkit.core.errors import PriorkitError, as_tensor, check_choice, check_finite, check_positive_int, check_range
 from priorkit.data.datasets import IndexedTensorDataset
 
 SOURCES = ("digits", "digits_image", "mnist1d", "gaussian")
@@ -96,7 +97,7 @@ def web_shift(x: torch.Tensor, *, image: bool, noise_std: float = 0.2, seed: int
 
 
 def make_webly(
-    source: str = "digits",
+    source: str | tuple[Any, Any] = "digits",
     *,
     shots: int = 5,
     web_size: int = 1200,
@@ -110,17 +111,36 @@ def make_webly(
 
     ``shots`` (K) clean samples per class form the real few-shot set (K=0 allowed). ``noise='asymmetric'`` flips
     each web label to ``(y+1) mod C`` with probability ``noise_rate``; ``'symmetric'`` to a random other class.
+    ``source`` is a built-in name or the user's own ``(x, y)`` (tensors or numpy arrays, labels ``0..C-1``;
+    4-D inputs are treated as images).
     """
-    check_choice("source", source, SOURCES)
+    if isinstance(source, tuple | list):
+        if len(source) != 2:
+            raise PriorkitError(f"source must be a dataset name or an (x, y) pair, got {len(source)} items")
+        x, y = as_tensor("source x", source[0]), as_tensor("source y", source[1])
+        if not x.is_floating_point() or x.dim() < 2:
+            raise PriorkitError(f"source x must be a floating-point [N, ...] array, got {x.dtype} {list(x.shape)}")
+        check_finite("source x", x)
+        x = x.float()
+        if y.is_floating_point() or y.dim() != 1 or len(y) != len(x) or len(y) == 0 or int(y.min()) < 0:
+            raise PriorkitError(f"source y must be 1-D integer labels 0..C-1, one per row of x, got {list(y.shape)}")
+        y = y.long()
+        c = int(y.max()) + 1
+        name = "the given (x, y)"
+    else:
+        check_choice("source", source, SOURCES)
+        name = repr(source)
+    check_choice("noise", noise, NOISE_KINDS)
     check_choice("noise", noise, NOISE_KINDS)
     check_positive_int("shots", shots, 0)
     check_positive_int("web_size", web_size)
     check_positive_int("test_size", test_size)
     check_range("noise_rate", noise_rate, 0.0, 1.0)
-    x, y, c = _source(source, seed)
+    if not isinstance(source, tuple | list):
+        x, y, c = _source(source, seed)
     if web_size + test_size + shots * c > len(y):
         raise PriorkitError(
-            f"web_size + test_size + shots * num_classes must be <= {len(y)} (size of {source!r}), "
+            f"web_size + test_size + shots * num_classes must be <= {len(y)} (size of {name}), "
             f"got {web_size} + {test_size} + {shots}*{c}"
         )
     rng = np.random.default_rng(seed)
@@ -130,7 +150,7 @@ def make_webly(
     for k in range(c):  # first K of each class in the permutation
         few += perm[np.flatnonzero(yp == k)[:shots]].tolist()
         if len(np.flatnonzero(yp == k)) < shots:
-            raise PriorkitError(f"class {k} of {source!r} has fewer than shots={shots} samples")
+            raise PriorkitError(f"class {k} of {name} has fewer than shots={shots} samples")
     rest = np.setdiff1d(perm, np.asarray(few, dtype=np.int64), assume_unique=True)
     rest = rest[rng.permutation(len(rest))]
     test_idx, web_idx = np.sort(rest[:test_size]), np.sort(rest[test_size : test_size + web_size])

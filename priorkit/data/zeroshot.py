@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from priorkit.core.errors import PriorkitError, check_shape
+from priorkit.core.errors import PriorkitError, as_tensor, check_finite, check_shape
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -126,3 +128,36 @@ def digits_zeroshot(
     seen = tuple(c for c in range(10) if c not in unseen)
     views = {"attributes": SEVEN_SEGMENT.clone(), "words": word_vecs}
     return ZeroShotData(x, y, seen, tuple(sorted(unseen)), views, DIGIT_NAMES)
+
+
+def make_zeroshot(
+    x: Any,
+    y: Any,
+    unseen: Sequence[int],
+    views: dict[str, Any],
+    *,
+    class_names: Sequence[str] | None = None,
+) -> ZeroShotData:
+    """A zero-shot split of the user's own data: features ``x [N, D]``, labels ``y [N]`` in ``0..C-1``
+    (tensors or numpy arrays), the ``unseen`` class ids and per-class semantic ``views`` (name -> ``[C, dim]``,
+    e.g. ``{"attributes": ..., "words": ...}`` for TMV-HLP)."""
+    x, y = as_tensor("x", x), as_tensor("y", y)
+    if x.dim() != 2 or x.shape[0] == 0 or not x.is_floating_point():
+        raise PriorkitError(f"x must be a non-empty floating-point [N, D] matrix, got {x.dtype} {list(x.shape)}")
+    check_finite("x", x)
+    if y.dim() != 1 or len(y) != len(x) or y.is_floating_point() or int(y.min()) < 0:
+        raise PriorkitError(f"y must be 1-D integer labels >= 0, one per row of x, got {list(y.shape)}")
+    y = y.long()
+    c = int(y.max()) + 1
+    unseen = tuple(sorted(int(k) for k in unseen))
+    if not unseen or len(set(unseen)) != len(unseen) or any(not 0 <= k < c for k in unseen) or len(unseen) >= c:
+        raise PriorkitError(f"unseen must be distinct class ids in [0, {c - 1}] leaving some seen, got {unseen}")
+    vs = {}
+    for name, v in views.items():
+        v = check_shape(f"views[{name!r}]", as_tensor(f"views[{name!r}]", v), [c, None])
+        vs[name] = check_finite(f"views[{name!r}]", v.float())
+    names = tuple(class_names) if class_names is not None else tuple(str(k) for k in range(c))
+    if len(names) != c:
+        raise PriorkitError(f"class_names must hold {c} names, got {len(names)}")
+    seen = tuple(k for k in range(c) if k not in unseen)
+    return ZeroShotData(x.float(), y, seen, unseen, vs, names)

@@ -29,35 +29,20 @@ hyper-parameter was tuned to change this. With the quick budget (30 epochs) the 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from priorkit.core.seeding import seed_everything
 from priorkit.data.webly import make_webly
 from priorkit.experiments.base import Check, Experiment, SeedResult
 from priorkit.models import MLP
-from priorkit.prototypes.fopro import FoPro, FoProConfig, default_weak, fopro_lr, train_fopro
-from priorkit.train.distributed import ShardedBatchSampler
+from priorkit.prototypes.fopro import SPEC, FoPro, FoProConfig, default_weak, fopro_lr
+from priorkit.train import Augment, Hook, Phase, Recipe, RunState, TrainConfig, fit
 
-EPOCHS = 60
+EPOCHS = SPEC.presets["small"]["epochs"]
 
 
 def config(**kw) -> FoProConfig:  # noqa: ANN003
-    base = dict(
-        epochs=EPOCHS,
-        frozen_epochs=0,
-        init_epoch=10,
-        clean_epoch=15,
-        relation_epoch=20,
-        relation_epochs=6,
-        low_dim=32,
-        proj_hidden=256,
-        queue_size=256,
-        batch_size=64,
-        lr=1e-3,
-        moco_m=0.99,
-    )
-    base.update(kw)
-    return FoProConfig(**base)
+    """The ``small`` preset of FoPro's SPEC (the CPU-scale settings above), with overrides."""
+    return FoProConfig(**dict(SPEC.presets["small"], **kw))
 
 
 def _acc(logits: torch.Tensor, y: torch.Tensor) -> float:
@@ -73,11 +58,25 @@ def run_fopro(seed: int, shots: int = 5, web_size: int = 1200, **kw) -> tuple[fl
     cfg = config(**kw)
     seed_everything(seed)
     model = FoPro(MLP(64, (128,), 10), 10, cfg)
-    train_fopro(model, data.train, data.domain, cfg, seed=seed)
+    fit(model, None, model.recipe(data.train, data.domain), config=TrainConfig(seed=seed, progress=False))
     model.eval()
     with torch.no_grad():
         proto = model.embed(model.features(data.test.x)) @ model.memory.prototypes.t()
     return _acc(model.predict(data.test.x), data.test.y), _acc(proto, data.test.y)
+
+
+class _WarmCosineAdam(Hook):
+    """The baseline's per-epoch schedule, the same as FoPro's: warm-up + cosine lr (fopro_lr) and the beta1 drop."""
+
+    def __init__(self, cfg: FoProConfig) -> None:
+        self.cfg = cfg
+
+    def on_epoch_start(self, state: RunState) -> None:
+        c, e = self.cfg, state.epoch
+        drop = c.beta1_drop_epoch is not None and e >= c.beta1_drop_epoch
+        for grp in state.optimizer.param_groups:
+            grp["lr"] = fopro_lr(e, c.lr, c.warmup_epochs, c.epochs)
+            grp["betas"] = (0.1 if drop else 0.9, grp["betas"][1])
 
 
 def run_baseline(seed: int, shots: int = 5, web_size: int = 1200, **kw) -> float:  # noqa: ANN003
@@ -86,20 +85,13 @@ def run_baseline(seed: int, shots: int = 5, web_size: int = 1200, **kw) -> float
     cfg = config(**kw)
     seed_everything(seed)
     model = MLP(64, (128,), 10)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sampler = ShardedBatchSampler(len(data.train), cfg.batch_size, seed=seed)
-    for epoch in range(cfg.epochs):
-        for grp in opt.param_groups:
-            grp["lr"] = fopro_lr(epoch, cfg.lr, cfg.warmup_epochs, cfg.epochs)
-            drop = cfg.beta1_drop_epoch is not None and epoch >= cfg.beta1_drop_epoch
-            grp["betas"] = (0.1 if drop else 0.9, grp["betas"][1])
-        sampler.set_epoch(epoch)
-        for idx in sampler:
-            x, y = data.train.x[idx], data.train.y[idx]
-            loss = F.cross_entropy(model(default_weak(x)), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+
+    def adam(m: torch.nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.Adam(m.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    recipe = Recipe([Phase("ce", epochs=cfg.epochs, optimizer=adam, batch_size=cfg.batch_size)])
+    hooks = [_WarmCosineAdam(cfg), Augment(default_weak, name="weak")]
+    fit(model, data.train, recipe, hooks=hooks, config=TrainConfig(seed=seed, progress=False))
     model.eval()
     with torch.no_grad():
         return _acc(model(data.test.x), data.test.y)

@@ -19,12 +19,13 @@ from pathlib import Path
 
 import torch
 
+from priorkit.baselines.fewshot import simpleshot
 from priorkit.core.seeding import seed_everything
 from priorkit.data.episodes import EpisodeSampler, load_fewshot
 from priorkit.experiments.base import Check, Experiment, SeedResult
 from priorkit.metrics.fewshot import mean_ci95
 from priorkit.models import MLP
-from priorkit.prototypes.slk import cl2n, episode_batch, simpleshot, slk, tune_lambda
+from priorkit.prototypes.slk import SPEC, cl2n, episode_batch, slk, tune_lambda
 from priorkit.train import TrainConfig, Trainer
 
 
@@ -47,7 +48,7 @@ def run(seed: int, quick: bool) -> SeedResult:
     baseline: dict[str, float] = {}
     curves: dict[str, dict] = {}
     for shot in (1, 5):
-        lam_km = lam_ms = 0.7  # the card's default; quick mode does not tune
+        lam_km = lam_ms = SPEC.presets["paper"]["lam"]  # the card's default 0.7; quick mode does not tune
         scores_km: dict[float, float] = {}
         scores_ms: dict[float, float] = {}
         if not quick:

@@ -24,7 +24,8 @@ from priorkit.core.seeding import seed_everything
 from priorkit.data.episodes import EpisodeSampler, load_fewshot
 from priorkit.experiments.base import Check, Experiment, SeedResult
 from priorkit.metrics.fewshot import fewshot_summary
-from priorkit.prototypes.susana import SuSanaLoss, protonet_logits, prototypes, train_episodic
+from priorkit.prototypes.susana import SuSanaRecipe, protonet_logits, prototypes
+from priorkit.train import TrainConfig, fit
 
 ARMS = {
     "baseline": ("cross",),
@@ -60,8 +61,9 @@ def run(seed: int, quick: bool) -> SeedResult:
             continue
         seed_everything(seed)
         model = _embedding()
-        episodes = EpisodeSampler(data.base_train.y, n_way=5, n_shot=5, n_query=10, n_episodes=n_train, seed=seed)
-        train_episodic(model, data.base_train.x, episodes, SuSanaLoss(terms), lr=1e-3)
+        recipe = SuSanaRecipe(terms=terms, n_way=5, n_shot=5, n_query=10, n_episodes=n_train, lr=1e-3, seed=seed)
+        fit(model, data.base_train, recipe, config=TrainConfig(seed=seed, progress=False))
+        model.eval()
         metrics = _evaluate(model, data.novel.x, data.novel.y, n_test, seed)
         if arm == "ce_prototriplet":
             res["method"].update({f"{k}@ce+prototriplet": v for k, v in metrics.items()})

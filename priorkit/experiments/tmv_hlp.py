@@ -29,9 +29,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from priorkit.baselines.fewshot import nearest_prototype
 from priorkit.data.zeroshot import digits_zeroshot
 from priorkit.experiments.base import Check, Experiment, SeedResult
-from priorkit.prototypes.tmv_hlp import embedding_nearest_prototype, nearest_prototype, tmv_hlp
+from priorkit.prototypes.tmv_hlp import embedding_nearest_prototype, tmv_hlp
 
 SPLITS = ((7, 8, 9), (2, 5, 8))
 

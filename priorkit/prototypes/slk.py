@@ -14,9 +14,12 @@ and CUB, plain transductive K-means (``lambda = 0``) is already competitive with
 the Laplacian term adds on top; for scale, LaplacianShot reports 72.1/82.3 (mini-ImageNet, ResNet-18).
 
 Functional core: :func:`cl2n`, :func:`shift_queries`, :func:`knn_affinity`, :func:`estimate_sigma`,
-:func:`entropy_energy`, :func:`bound_update`, :func:`mean_shift`, :func:`slk_energy`, :func:`slk` (one task),
-:func:`simpleshot` (the inductive nearest-prototype baseline), :func:`tune_lambda`. Wrapper: :class:`SLK`
-(easyfsl's "support set in, classifier out" interface on an optional backbone).
+:func:`entropy_energy`, :func:`bound_update`, :func:`mean_shift`, :func:`slk_energy`, :func:`slk` (one task or a
+batch), :func:`prepare_task`, :func:`episode_batch`, :func:`tune_lambda`. Entry: :class:`SLK` (easyfsl's "support
+set in, classifier out" interface on an optional backbone). The inductive SimpleShot baseline lives in
+:mod:`priorkit.baselines.fewshot`. SLK is training-free; its backbone is a plain CE classifier trained through
+``priorkit.train`` (see ``priorkit.experiments.slk``). Presets in ``SPEC``: ``paper`` (lambda 0.7, K-means,
+knn 3, clamped supports) and ``small`` (the same: the experiment runs the paper's settings).
 
 Official code: imtiazziko/SLK-few-shot (``src/SLK.py::SLK``, ``src/bound_update.py::bound_update``,
 ``src/train_SLK.py::create_affinity``). easyfsl was considered: it has LaplacianShot and SimpleShot but no
@@ -64,6 +67,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from priorkit.core.errors import PriorkitError, check_choice, check_positive_int, check_range, check_shape
+from priorkit.core.spec import MethodSpec
+
+__all__ = [
+    "SLK",
+    "bound_update",
+    "cl2n",
+    "entropy_energy",
+    "episode_batch",
+    "estimate_sigma",
+    "knn_affinity",
+    "mean_shift",
+    "prepare_task",
+    "shift_queries",
+    "slk",
+    "slk_energy",
+    "tune_lambda",
+]
 
 MODES = ("kmeans", "ms", "bo")
 #: the card's (and code's) lambda grid for validation tuning; the default lambda is 0.7
@@ -420,21 +440,6 @@ def slk(
     return SLKResult(labels[:, ns:], z, c, energies, iters)
 
 
-def simpleshot(support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-    """The inductive baseline: label of the nearest class-mean support prototype (squared Euclidean).
-
-    One task (``[Ns, D]``, ``[Ns]``, ``[Nq, D]``) or a batch with a leading task axis.
-    """
-    single = isinstance(support, torch.Tensor) and support.dim() == 2
-    if single:
-        support, support_y, query = support.unsqueeze(0), support_y.unsqueeze(0), query.unsqueeze(0)
-    n_way = _check_task(support, support_y, query)
-    onehot = F.one_hot(support_y.long(), n_way).to(support.dtype)
-    c = (onehot.transpose(1, 2) @ support) / onehot.sum(1)[..., None]
-    pred = _sqdist(query, c).argmin(2)
-    return pred[0] if single else pred
-
-
 def prepare_task(
     support: torch.Tensor,
     query: torch.Tensor,
@@ -530,6 +535,7 @@ class SLK(nn.Module):
 
     @torch.no_grad()
     def process_support_set(self, support_x: torch.Tensor, support_y: torch.Tensor) -> None:
+        _batched("support_x", support_x) if self.backbone is None else None
         self.support = self._embed(support_x)
         self.support_y = support_y.long()
 
@@ -537,8 +543,22 @@ class SLK(nn.Module):
     def forward(self, query_x: torch.Tensor) -> torch.Tensor:
         if self.support is None or self.support_y is None:
             raise PriorkitError("call process_support_set(support_x, support_y) before forward(query_x)")
+        if isinstance(query_x, torch.Tensor) and query_x.is_floating_point() and not torch.isfinite(query_x).all():
+            raise PriorkitError("query_x must be finite")
         xs, xq = prepare_task(
             self.support, self._embed(query_x), self.base_mean, normalise=self.normalise, shift=self.shift
         )
         self.last = slk(xs, self.support_y, xq, **self.slk_kwargs)
         return self.last.assignments[xs.shape[0] :]
+
+
+_PRESET = {"lam": 0.7, "mode": "kmeans", "knn": 3, "clamp_support": True, "normalise": True, "shift": True}
+SPEC = MethodSpec(
+    status="implemented",
+    entry="SLK",
+    missing=(
+        "pretrained WRN/ResNet feature extractors not available (small backbones only); the 1-shot gain over "
+        "SimpleShot does not reproduce on MLP features of novel digits"
+    ),
+    presets={"paper": dict(_PRESET), "small": dict(_PRESET)},
+)

@@ -21,9 +21,11 @@ official code stores them). PyCIL's SimpleCIL learner and easyfsl's Prototypical
 neither calibrates prototypes nor exposes a session loop as plain functions, so the math is written here.
 
 Functional core: :func:`class_means`, :func:`calibration_weights`, :func:`teen_calibrate`,
-:func:`cosine_logits`. Wrappers: :class:`TEENHead` (prototype buffer on features, checkpointable, gathers
-features across ranks under DDP), :class:`TEEN` (backbone + head on raw inputs), :class:`CosineClassifier`
-and :func:`train_base` for the base session.
+:func:`cosine_logits`. Entry: :class:`TEEN` (a frozen backbone + ``TEENHead``, the prototype buffer on
+features: checkpointable, gathers features across ranks under DDP, refuses non-finite features before writing).
+TEEN is training-free: the base session is an ordinary cosine-classifier fit through ``priorkit.train`` (see
+``priorkit.experiments.teen``). Presets in ``SPEC``: ``paper`` = ``small`` (the official defaults work on
+digits as they are).
 
 Example:
 
@@ -46,8 +48,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from priorkit.core.errors import PriorkitError, check_choice, check_positive_int, check_range, check_shape
-from priorkit.train.distributed import all_gather_cat, is_dist
+from priorkit.core.errors import (
+    PriorkitError,
+    check_choice,
+    check_finite,
+    check_positive_int,
+    check_range,
+    check_shape,
+)
+from priorkit.core.spec import MethodSpec
+from priorkit.nn.distributed import all_gather_cat, is_dist
+
+__all__ = ["TEEN", "calibration_weights", "class_means", "cosine_logits", "teen_calibrate"]
 
 POOLS = ("base", "seen")
 NEW_MODES = ("cos", "dot")
@@ -121,6 +133,19 @@ def _gather(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     return features, labels
 
 
+def _check_session_input(features: torch.Tensor, labels: torch.Tensor, dim: int) -> None:
+    """Features ``[N, dim]`` finite and non-empty, labels ``[N]`` integer: checked before any prototype is written."""
+    check_shape("features", features, [None, dim])
+    if features.shape[0] == 0:
+        raise PriorkitError("features must be a non-empty batch, got 0 rows")
+    if not features.is_floating_point():
+        raise PriorkitError(f"features must be floating point, got dtype {features.dtype}")
+    check_finite("features", features)
+    check_shape("labels", labels, [features.shape[0]])
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise PriorkitError(f"labels must hold integer class indices, got dtype {labels.dtype}")
+
+
 class TEENHead(nn.Module):
     """A prototype classifier on features that grows by sessions, with TEEN's calibration of new prototypes.
 
@@ -163,7 +188,7 @@ class TEENHead(nn.Module):
     @torch.no_grad()
     def fit_base(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         """Base prototypes = class means of the base training features (``replace_base_fc``)."""
-        check_shape("features", features, [None, self.feature_dim])
+        _check_session_input(features, labels, self.feature_dim)
         features, labels = _gather(features, labels)
         if int(labels.min()) < 0 or int(labels.max()) >= self.num_base:
             raise PriorkitError(f"base labels must lie in [0, {self.num_base - 1}]")
@@ -180,7 +205,7 @@ class TEENHead(nn.Module):
         """
         if self.num_seen == 0:
             raise PriorkitError("call fit_base before add_session")
-        check_shape("features", features, [None, self.feature_dim])
+        _check_session_input(features, labels, self.feature_dim)
         features, labels = _gather(features, labels)
         new = sorted(int(c) for c in torch.unique(labels))
         want = list(range(self.num_seen, self.num_seen + len(new)))
@@ -224,6 +249,11 @@ class TEEN(nn.Module):
     @torch.no_grad()
     def embed(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
         """Backbone features in eval mode (the test-time transform: no augmentation, no BN update)."""
+        if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[0] == 0:
+            raise PriorkitError(f"x must be a non-empty batch [N, ...], got shape {list(getattr(x, 'shape', []))}")
+        if not x.is_floating_point():
+            raise PriorkitError(f"x must be floating point, got dtype {x.dtype}")
+        check_finite("x (the inputs whose features become prototypes)", x)
         was = self.backbone.training
         self.backbone.eval()
         out = torch.cat([self.backbone.features(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
@@ -240,39 +270,15 @@ class TEEN(nn.Module):
         return self.head(self.backbone.features(x))
 
 
-class CosineClassifier(nn.Module):
-    """Learnable cosine classifier ``t * cos(f, w_c)`` (no bias) used to train the base session."""
-
-    def __init__(self, feature_dim: int, num_classes: int, temperature: float = 16.0) -> None:
-        super().__init__()
-        check_positive_int("feature_dim", feature_dim)
-        check_positive_int("num_classes", num_classes)
-        check_range("temperature", temperature, 0.0, low_inclusive=False)
-        self.temperature = temperature
-        self.weight = nn.Parameter(torch.empty(num_classes, feature_dim))
-        nn.init.kaiming_uniform_(self.weight, a=5**0.5)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return cosine_logits(features, self.weight, self.temperature)
-
-
-class _BaseNet(nn.Module):
-    def __init__(self, backbone: nn.Module, classifier: CosineClassifier) -> None:
-        super().__init__()
-        self.backbone, self.classifier = backbone, classifier
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.backbone.features(x))
-
-
-def train_base(backbone: nn.Module, data: Any, num_base: int, config: Any, temperature: float = 16.0) -> list[dict]:
-    """Base session: train ``backbone`` with a cosine classifier and CE over the base classes (reference loop).
-
-    ``data`` is an :class:`~priorkit.data.IndexedTensorDataset` of base-class examples; ``config`` a
-    :class:`~priorkit.train.TrainConfig`. Returns the loop's history; the classifier is discarded afterwards
-    (TEEN replaces it by the class means).
-    """
-    from priorkit.train import Trainer
-
-    net = _BaseNet(backbone, CosineClassifier(int(backbone.feature_dim), num_base, temperature))
-    return Trainer(net, data, config=config).fit()
+SPEC = MethodSpec(
+    status="implemented",
+    entry="TEEN",
+    missing=(
+        "CIFAR-100/miniImageNet/CUB loaders and the ResNet-20/18 base-session schedules not built "
+        "(small backbones on digits/mnist1d/generated classes only)"
+    ),
+    presets={
+        "paper": {"alpha": 0.5, "tau": 16.0, "temperature": 16.0, "pool": "base", "new_mode": "cos"},
+        "small": {"alpha": 0.5, "tau": 16.0, "temperature": 16.0, "pool": "base", "new_mode": "cos"},
+    },
+)

@@ -49,3 +49,14 @@ def test_bad_input():
         EpisodeSampler(y, n_way=4, n_shot=1, n_query=1)
     with pytest.raises(PriorkitError):
         mean_ci95([])
+
+
+def test_make_fewshot_accepts_numpy_arrays():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 4)), np.repeat(np.arange(6), 10)
+    fs = make_fewshot(x, y, base_classes=3, seed=0)
+    assert fs.base_train.x.dtype == torch.float32 and fs.novel_classes == (3, 4, 5)
+    ep = EpisodeSampler(y, n_way=3, n_shot=2, n_query=3, n_episodes=1)[0]
+    assert ep.support_y.tolist() == [0, 0, 1, 1, 2, 2]

@@ -96,3 +96,15 @@ def test_bad_input() -> None:
         session_metrics(torch.tensor([0, 1]), torch.tensor([0]), 1)
     with pytest.raises(PriorkitError, match="base_acc"):
         harmonic_mean(1.5, 0.5)
+
+
+def test_make_incremental_accepts_numpy_arrays():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(6), 10)
+    d = make_incremental(rng.normal(size=(60, 3)), y, rng.normal(size=(60, 3)), y, base_classes=4, way=2, shot=2)
+    assert d.num_sessions == 2 and len(d.sessions[0]) == 4
+    with pytest.raises(PriorkitError, match="y_train"):
+        make_incremental(rng.normal(size=(60, 3)), y.astype(float), rng.normal(size=(60, 3)), y, base_classes=4,
+                         way=2, shot=2)  # fmt: skip

@@ -74,3 +74,20 @@ def test_zeroshot_errors():
         digits_zeroshot((7,), words="glove")
     with pytest.raises(PriorkitError, match="words"):
         digits_zeroshot((7,), words=torch.randn(9, 3))
+
+
+def test_builders_accept_the_users_own_arrays():
+    import numpy as np
+
+    from priorkit.data.zeroshot import make_zeroshot
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(300, 6)), np.repeat(np.arange(5), 60)
+    w = make_webly((x, y), shots=2, web_size=150, test_size=50, seed=0)
+    assert w.num_classes == 5 and len(w.train) == 160 and w.train.x.dtype == torch.float32
+    z = make_zeroshot(x, y, unseen=(3, 4), views={"attributes": rng.random((5, 3)), "words": rng.normal(size=(5, 4))})
+    assert z.seen == (0, 1, 2) and len(z.unseen_y) == 120
+    with pytest.raises(PriorkitError, match="unseen"):
+        make_zeroshot(x, y, unseen=(7,), views={})
+    with pytest.raises(PriorkitError, match="source y"):
+        make_webly((x, y.astype(float)), shots=1, web_size=10, test_size=10)

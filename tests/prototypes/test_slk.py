@@ -4,8 +4,9 @@ import pytest
 import torch
 
 import priorkit.prototypes.slk as slk_mod
+from priorkit.baselines.fewshot import simpleshot
 from priorkit.core.errors import PriorkitError
-from priorkit.prototypes.slk import bound_update, entropy_energy, knn_affinity, simpleshot, slk
+from priorkit.prototypes.slk import bound_update, entropy_energy, knn_affinity, slk
 
 
 def _task(seed=0, shot=2, way=3, q=6, d=8, noise=0.6):

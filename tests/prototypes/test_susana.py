@@ -5,7 +5,11 @@ import torch
 
 import priorkit.prototypes.susana as sus
 from priorkit.core.errors import PriorkitError
-from priorkit.prototypes.susana import icnn_score, proto_triplet_loss, prototypes, susana_loss
+from priorkit.data.datasets import IndexedTensorDataset
+from priorkit.data.episodes import load_fewshot
+from priorkit.prototypes.susana import SuSanaRecipe, icnn_score, proto_triplet_loss, prototypes, susana_loss
+from priorkit.train import TrainConfig, fit
+from priorkit.train.distributed import run_gloo
 
 
 def test_docstring_example_runs():
@@ -76,3 +80,39 @@ def test_bad_input():
         prototypes(sup, sy + 1)
     with pytest.raises(PriorkitError, match="margin"):
         proto_triplet_loss(sup, sy, prototypes(sup, sy), margin=-1.0)
+
+
+def _episodic_fit(double=False):
+    data = load_fewshot("digits", base_classes=5, seed=0)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 16))
+    train = data.base_train
+    if double:
+        model, train = model.double(), IndexedTensorDataset(train.x.double(), train.y)
+    rec = SuSanaRecipe(n_way=3, n_shot=2, n_query=3, n_episodes=4, epochs=2, seed=1)
+    hist = fit(model, train, rec, config=TrainConfig(seed=0, progress=False))
+    return model, hist
+
+
+def test_recipe_trains_on_episodes_and_logs_every_term():
+    model, hist = _episodic_fit()
+    assert len(hist) == 2 and {"susana", "cross", "prototriplet", "fullicnn"} <= set(hist[0])
+    assert hist[0]["susana"] == pytest.approx((hist[0]["cross"] + hist[0]["prototriplet"] + hist[0]["fullicnn"]) / 3)
+    with pytest.raises(PriorkitError, match="terms"):
+        SuSanaRecipe(terms=("triplet",))
+
+
+def _ddp_worker(rank, out):
+    torch.set_num_threads(1)
+    model, _ = _episodic_fit(double=True)
+    if rank == 0:
+        torch.save(model.state_dict(), out)
+
+
+def test_episodic_two_process_ddp_equals_one_process(tmp_path):
+    single, _ = _episodic_fit(double=True)
+    out = str(tmp_path / "ddp.pt")
+    run_gloo(_ddp_worker, 2, out)  # 15-item episodes: ranks hold 8 and 7 rows; the loss sees the whole episode
+    multi = torch.load(out, weights_only=True)
+    for k, v in single.state_dict().items():
+        assert torch.allclose(v, multi[k], atol=1e-6), k

@@ -9,11 +9,10 @@ import torch
 import torch.nn.functional as F
 
 import priorkit.prototypes.teen as teen_mod
-from priorkit.core.errors import PriorkitError
+from priorkit.core.errors import NonFiniteError, PriorkitError
 from priorkit.models import MLP
 from priorkit.prototypes.teen import (
     TEEN,
-    CosineClassifier,
     TEENHead,
     calibration_weights,
     class_means,
@@ -138,9 +137,25 @@ def test_dot_mode_and_cosine_classifier() -> None:
     h.add_session(fn, yn)
     probe = torch.randn(3, 6)
     torch.testing.assert_close(h(probe), 2.0 * probe @ h.prototypes.T)
-    c = CosineClassifier(6, 4, temperature=16.0)
-    torch.testing.assert_close(c(probe), cosine_logits(probe, c.weight, 16.0))
-    assert float(c(probe).detach().abs().max()) <= 16.0 + 1e-5
+    w = torch.randn(4, 6)
+    want = 16.0 * F.normalize(probe, dim=1) @ F.normalize(w, dim=1).T
+    torch.testing.assert_close(cosine_logits(probe, w, 16.0), want)
+    assert float(cosine_logits(probe, w, 16.0).abs().max()) <= 16.0 + 1e-5
+
+
+def test_nan_features_raise_and_leave_the_prototypes_unchanged() -> None:
+    fb, yb, fn, yn = _head_data()
+    h = TEENHead(6, 8, 4)
+    h.fit_base(fb, yb)
+    before = {k: v.clone() for k, v in h.state_dict().items()}
+    bad = fn.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match="features"):
+        h.add_session(bad, yn)
+    with pytest.raises(NonFiniteError, match="features"):
+        h.fit_base(torch.full_like(fb, float("inf")), yb)
+    for k, v in h.state_dict().items():
+        assert torch.equal(v, before[k]), k
 
 
 def test_teen_wrapper_uses_backbone_features() -> None:
