@@ -1,4 +1,5 @@
-"""Offline datasets and split builders; every item is ``(x, y, index)``."""
+"""Offline datasets, the user's own arrays, and split builders (label noise, OOD, GCD, MIL bags, few-shot
+episodes, class-incremental sessions, webly and zero-shot); every item is ``(x, y, index)``."""
 
 from priorkit.data.datasets import (
     DATASETS,
@@ -10,10 +11,29 @@ from priorkit.data.datasets import (
     load_mnist1d,
     split_arrays,
 )
+from priorkit.data.episodes import EpisodeSampler, iter_episodes, load_fewshot, make_fewshot
+from priorkit.data.gcd import gcd_split
+from priorkit.data.incremental import load_incremental, make_incremental
+from priorkit.data.mil import make_bags, mil_split
 from priorkit.data.noise import asymmetric_noise, pair_mapping, symmetric_noise
+from priorkit.data.ood import ood_split
 from priorkit.data.user import from_arrays, image_folder
+from priorkit.data.webly import make_webly
+from priorkit.data.zeroshot import make_zeroshot
 
 __all__ = [
+    "EpisodeSampler",
+    "gcd_split",
+    "iter_episodes",
+    "load_fewshot",
+    "load_incremental",
+    "make_bags",
+    "make_fewshot",
+    "make_incremental",
+    "make_webly",
+    "make_zeroshot",
+    "mil_split",
+    "ood_split",
     "DATASETS",
     "IndexedTensorDataset",
     "Splits",
