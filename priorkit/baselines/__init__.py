@@ -4,3 +4,36 @@
 ``fewshot`` (SimpleShot and nearest-prototype baselines), ``gmp`` (gradual and one-shot magnitude pruning).
 They live apart from the methods, as pytorch-ood keeps detectors apart from losses.
 """
+
+from priorkit.baselines.fewshot import nearest_prototype, simpleshot
+from priorkit.baselines.gmp import GMP, one_shot_magnitude
+from priorkit.baselines.mil import GatedABMIL, abmil_recipe, eval_abmil, naive_recipe
+from priorkit.baselines.ood import (
+    ClassMahalanobis,
+    SSDPlus,
+    class_mahalanobis_fit,
+    class_mahalanobis_score,
+    energy_score,
+    knn_score,
+    ssd_fit,
+    ssd_score,
+)
+
+__all__ = [
+    "GMP",
+    "ClassMahalanobis",
+    "GatedABMIL",
+    "SSDPlus",
+    "abmil_recipe",
+    "class_mahalanobis_fit",
+    "class_mahalanobis_score",
+    "energy_score",
+    "eval_abmil",
+    "knn_score",
+    "naive_recipe",
+    "nearest_prototype",
+    "one_shot_magnitude",
+    "simpleshot",
+    "ssd_fit",
+    "ssd_score",
+]

@@ -10,6 +10,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,18 +22,18 @@ from priorkit.core.errors import PriorkitError, check_choice, check_positive_int
 class IndexedTensorDataset(Dataset):
     """Inputs ``x`` and integer labels ``y`` in memory; item ``i`` is ``(x[i], y[i], i)``.
 
-    ``clean_y`` keeps the labels before any noise was injected (for memorization analysis).
+    ``x`` and ``y`` may be torch tensors or NumPy arrays (integer labels of any integer dtype are stored as
+    int64). ``clean_y`` keeps the labels before any noise was injected (for memorization analysis).
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, clean_y: torch.Tensor | None = None) -> None:
-        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-            raise PriorkitError("x and y must be torch tensors")
+    def __init__(self, x: Any, y: Any, clean_y: Any | None = None) -> None:
+        x, y = _as_data("x", x), _as_label_vector("y", y)
         if len(x) != len(y):
             raise PriorkitError(f"x and y must have the same length, got {len(x)} and {len(y)}")
-        if y.dim() != 1 or y.dtype != torch.long:
-            raise PriorkitError(f"y must be a 1-D int64 tensor of class labels, got {y.dtype} {list(y.shape)}")
         self.x, self.y = x, y
-        self.clean_y = clean_y if clean_y is not None else y
+        self.clean_y = _as_label_vector("clean_y", clean_y) if clean_y is not None else y
+        if len(self.clean_y) != len(y):
+            raise PriorkitError(f"clean_y must have the same length as y, got {len(self.clean_y)} and {len(y)}")
 
     def __len__(self) -> int:
         return len(self.y)
@@ -47,9 +48,30 @@ class IndexedTensorDataset(Dataset):
     def num_classes(self) -> int:
         return int(self.clean_y.max()) + 1
 
-    def with_labels(self, y: torch.Tensor) -> IndexedTensorDataset:
-        """The same inputs with new (e.g. noisy) labels; the clean labels are kept."""
+    def with_labels(self, y: Any) -> IndexedTensorDataset:
+        """The same inputs with new (e.g. noisy) labels (tensor or NumPy array); the clean labels are kept."""
         return IndexedTensorDataset(self.x, y, clean_y=self.clean_y)
+
+
+def _as_data(name: str, value: Any) -> torch.Tensor:
+    """A tensor or NumPy array of inputs as a tensor (anything else is refused, naming ``name``)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray):
+        if value.dtype == object:
+            raise PriorkitError(f"{name} must be a numeric array, got dtype object")
+        return torch.from_numpy(np.ascontiguousarray(value))
+    raise PriorkitError(f"{name} must be a torch.Tensor or a numpy array, got {type(value).__name__}")
+
+
+def _as_label_vector(name: str, value: Any) -> torch.Tensor:
+    """Integer class labels (tensor or NumPy array) as a 1-D int64 tensor."""
+    y = _as_data(name, value)
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise PriorkitError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+    if y.dim() != 1:
+        raise PriorkitError(f"{name} must be a 1-D vector of class labels, got shape {list(y.shape)}")
+    return y.long()
 
 
 @dataclass

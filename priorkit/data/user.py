@@ -1,4 +1,13 @@
-"""Loaders for a user's own data: in-memory arrays, or an image folder laid out as ``root/<class>/<image>``."""
+"""Loaders for a user's own data: in-memory arrays, or an image folder laid out as ``root/<class>/<image>``.
+
+This is the user's-own-data path into every method: the result is an :class:`IndexedTensorDataset` whose
+items are ``(x, y, index)`` (the sample index that per-sample methods such as ELR and PS-KD key their
+memories by), accepted by :class:`priorkit.train.Trainer` and by the split and noise builders::
+
+    from priorkit.data import from_arrays, symmetric_noise
+    train = from_arrays(x_train, y_train)                     # NumPy arrays or tensors
+    train = train.with_labels(symmetric_noise(train.y, 0.4, num_classes=10, seed=0))
+"""
 
 from __future__ import annotations
 
@@ -7,18 +16,31 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from priorkit.core.errors import PriorkitError
+from priorkit.core.errors import PriorkitError, as_tensor, check_finite
 from priorkit.data.datasets import IndexedTensorDataset
+
+__all__ = ["from_arrays", "image_folder"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
 def from_arrays(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> IndexedTensorDataset:
-    """Wrap arrays (features of any shape, integer labels) as an indexed dataset."""
-    x_t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x, dtype=torch.float32)
-    y_t = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y)
+    """Wrap arrays (features of any shape, integer labels) as an indexed dataset.
+
+    ``x`` (NumPy array, tensor or nested list of numbers) becomes float32 and must be finite; ``y`` holds
+    integer class labels ``>= 0`` (integer-valued floats are accepted), one per row of ``x``.
+    """
+    x_t = as_tensor("x", x, dtype=torch.float32)
+    y_t = as_tensor("y", y)
+    if x_t.dim() == 0 or len(x_t) == 0:
+        raise PriorkitError(f"x must hold at least one sample, got shape {list(x_t.shape)}")
+    check_finite("x", x_t)
+    if y_t.dim() != 1:
+        raise PriorkitError(f"y must be a 1-D vector of class labels, got shape {list(y_t.shape)}")
+    if y_t.is_complex() or y_t.dtype == torch.bool:
+        raise PriorkitError(f"y must hold integer class labels, got dtype {y_t.dtype}")
     if y_t.is_floating_point():
-        if not torch.equal(y_t, y_t.round()):
+        if not bool(torch.isfinite(y_t).all()) or not torch.equal(y_t, y_t.round()):
             raise PriorkitError("y must hold integer class labels, got non-integer values")
     y_t = y_t.long()
     if len(y_t) and int(y_t.min()) < 0:

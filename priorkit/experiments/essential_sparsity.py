@@ -23,10 +23,11 @@ from torch import nn
 from priorkit.core.seeding import seed_everything
 from priorkit.data import load_mnist1d
 from priorkit.data.datasets import IndexedTensorDataset
+from priorkit.experiments._common import accuracy_on
 from priorkit.experiments.base import Check, Experiment, SeedResult
 from priorkit.models import MLP
 from priorkit.sparsity.essential_sparsity import essential_sparsity, knee_sharpness, sparsity_sweep
-from priorkit.train import TrainConfig, Trainer, predict
+from priorkit.train import TrainConfig, Trainer
 
 GRID = tuple(round(i / 10, 1) for i in range(10))
 
@@ -82,9 +83,9 @@ def _minilm_curves(quick: bool, seed: int) -> dict[str, list[float]]:
     for pruner in ("omp", "random"):
         lr_accs: list[float] = []
 
-        def evaluate(pruned: nn.Module, _acc: list[float] = lr_accs) -> float:
+        def evaluate(pruned: nn.Module, accs: list[float] = lr_accs) -> float:
             cos, acc = cos_and_lr(pruned)
-            _acc.append(acc)
+            accs.append(acc)
             return cos
 
         sweep = sparsity_sweep(model, evaluate, GRID, pruner=pruner, include=include, seed=seed)
@@ -107,7 +108,7 @@ def _mlp_curves(quick: bool, seed: int) -> dict[str, list[float]]:
 
     def finetune(pruned: nn.Module) -> float:
         Trainer(pruned, ft, config=TrainConfig(epochs=3, lr=0.05, batch_size=128, seed=seed)).fit()
-        return float((predict(pruned, ft_test).argmax(1) == ft_test.y).float().mean())
+        return accuracy_on(pruned, ft_test)
 
     hidden = lambda name, m: name.startswith("body")  # noqa: E731 - keep the task head dense
     curves = {}

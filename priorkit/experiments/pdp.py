@@ -14,12 +14,12 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+from priorkit.baselines.gmp import GMP
 from priorkit.data import load_digits, load_mnist1d
 from priorkit.experiments._common import train_and_test
 from priorkit.experiments.base import Check, Experiment, SeedResult
 from priorkit.metrics import model_sparsity
 from priorkit.models import MLP, Conv4
-from priorkit.sparsity.baselines import GMP
 from priorkit.sparsity.pdp import PDP
 from priorkit.train import TrainConfig
 

@@ -1,18 +1,31 @@
-"""Masks, pruning schedules, sparse training and compression."""
+"""Masks, pruning schedules, sparse training and compression (one module per method id).
 
-from priorkit.sparsity.baselines import GMP, one_shot_magnitude
-from priorkit.sparsity.essential_sparsity import essential_sparsity, omp_masks, sparsity_sweep
+The pruning baselines of other papers (gradual and one-shot magnitude pruning) live in
+``priorkit.baselines.gmp``.
+"""
+
+from priorkit.sparsity.essential_sparsity import (
+    essential_sparsity,
+    knee_sharpness,
+    nm_masks,
+    omp_masks,
+    prune_copy,
+    random_masks,
+    sparsity_sweep,
+)
 from priorkit.sparsity.pdp import PDP, PDPMask, pdp_hard_mask, pdp_soft_mask, pdp_threshold
 
 __all__ = [
-    "GMP",
     "PDP",
     "PDPMask",
     "essential_sparsity",
+    "knee_sharpness",
+    "nm_masks",
     "omp_masks",
-    "one_shot_magnitude",
     "pdp_hard_mask",
     "pdp_soft_mask",
     "pdp_threshold",
+    "prune_copy",
+    "random_masks",
     "sparsity_sweep",
 ]

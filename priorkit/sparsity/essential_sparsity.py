@@ -7,8 +7,13 @@ model, after which the curve drops sharply. Nothing is learned: the mask is a de
 the pre-trained weights, then held fixed (``parametrize``) during any fine-tuning. Reported: 30-50% of
 BERT / OPT / ViT weights removable with <= ~1% downstream drop.
 
-Functional core: :func:`omp_masks`, :func:`random_masks`, :func:`nm_masks`, :func:`essential_sparsity`,
-:func:`sparsity_sweep`. ``torch.nn.utils.prune.global_unstructured`` was considered: it has no exact-count
+Definitions (paper, Sec. 3): the global magnitude threshold over the block linears at sparsity ``s`` and the
+essential sparsity ``s* = max{s : perf(0) - perf(s) <= tol}`` (the "sharp dropping point"; tol ~ 1 point).
+
+Functional core: :func:`omp_masks`, :func:`random_masks`, :func:`nm_masks`, :func:`prune_copy`,
+:func:`essential_sparsity`, :func:`knee_sharpness`. Entry: :func:`sparsity_sweep` (prune a fresh copy at each
+sparsity and evaluate it; ``evaluate`` may fine-tune through ``priorkit.train.Trainer`` with the mask fixed).
+Nothing here trains. ``torch.nn.utils.prune.global_unstructured`` was considered: it has no exact-count
 guarantee under ties and no N:M, so the masks come from ``sparsity/_common.py``. Official code:
 VITA-Group/essential_sparsity (pruner.py::Pruner.prune_model).
 
@@ -23,13 +28,23 @@ and cosine >= 0.95 to the dense embedding is stricter than a <= 1-point downstre
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from priorkit.core.errors import PriorkitError, check_choice, check_range, check_sparsity
+from priorkit.core.errors import (
+    NonFiniteError,
+    PriorkitError,
+    check_choice,
+    check_finite,
+    check_positive_int,
+    check_range,
+    check_sparsity,
+)
+from priorkit.core.spec import MethodSpec
 from priorkit.sparsity._common import (
     apply_masks,
     global_magnitude_masks,
@@ -39,25 +54,78 @@ from priorkit.sparsity._common import (
     raw_weight,
 )
 
+__all__ = [
+    "SweepResult",
+    "essential_sparsity",
+    "knee_sharpness",
+    "nm_masks",
+    "omp_masks",
+    "prune_copy",
+    "random_masks",
+    "sparsity_sweep",
+]
+
 PRUNERS = ("omp", "random", "nm")
+GRID = tuple(round(i / 10, 1) for i in range(10))
+
+SPEC = MethodSpec(
+    status="implemented",
+    entry="sparsity_sweep",
+    missing="IMP/LTH mask comparison, ERK random baseline and abrupt-sparsification tracking not built; on "
+    "all-MiniLM-L6-v2 the knee by embedding cosine (tol 0.05) sits at s* = 0.2, below the paper's 30-50%",
+    presets={
+        # the official sweep: s = 0.0, 0.1, ..., 0.9, global one-shot magnitude; s* at a 1-point drop
+        "paper": {"sparsities": GRID, "pruner": "omp", "tol": 0.01, "relative": False},
+        # small distilled models (MiniLM-L6) scored by embedding cosine to the dense model: tol 0.05
+        "small": {"sparsities": GRID, "pruner": "omp", "tol": 0.05, "relative": False},
+    },
+)
+
+
+def _check_weights(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A non-empty ``{name: weight}`` dict of non-empty, finite floating-point tensors."""
+    if not isinstance(weights, dict) or not weights:
+        raise PriorkitError(f"weights must be a non-empty dict of name -> tensor, got {type(weights).__name__}")
+    for name, w in weights.items():
+        if not isinstance(w, torch.Tensor) or not w.is_floating_point() or w.numel() == 0:
+            got = f"{w.dtype} {list(w.shape)}" if isinstance(w, torch.Tensor) else type(w).__name__
+            raise PriorkitError(f"weights[{name!r}] must be a non-empty floating-point tensor, got {got}")
+        check_finite(f"weights[{name!r}]", w.detach())
+    return weights
+
+
+def _check_curve(sparsities: Sequence[float], perf: Sequence[float]) -> None:
+    if len(sparsities) != len(perf) or len(sparsities) < 2:
+        raise PriorkitError(
+            f"sparsities and perf must have the same length >= 2, got {len(sparsities)} and {len(perf)}"
+        )
+    if sparsities[0] != 0 or any(b <= a for a, b in zip(sparsities, sparsities[1:])):
+        raise PriorkitError(f"sparsities must start at 0 and increase, got {list(sparsities)}")
+    for s in sparsities:
+        check_sparsity("sparsities", s)
+    bad = [p for p in perf if not math.isfinite(float(p))]
+    if bad:
+        raise NonFiniteError(f"perf holds {len(bad)} NaN or infinite value(s): {bad}")
 
 
 def omp_masks(weights: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
     """Global one-shot magnitude pruning: exactly ``floor(s N)`` zeros over all of ``weights``."""
-    return global_magnitude_masks(weights, sparsity)
+    return global_magnitude_masks(_check_weights(weights), sparsity)
 
 
 def random_masks(weights: dict[str, torch.Tensor], sparsity: float, *, seed: int = 0) -> dict[str, torch.Tensor]:
     """Global random pruning at the same count (the paper's random baseline)."""
-    return global_random_masks(weights, sparsity, seed=seed)
+    return global_random_masks(_check_weights(weights), sparsity, seed=seed)
 
 
 def nm_masks(weights: dict[str, torch.Tensor], n_pruned: int, m: int) -> dict[str, torch.Tensor]:
     """Per-layer N:M: zero the ``n_pruned`` smallest ``|w|`` in every block of ``m`` input columns
     (the official code's convention, so "2:4" prunes 2 of 4)."""
-    if not 0 <= n_pruned < m:
+    check_positive_int("n_pruned", n_pruned, 0)
+    check_positive_int("m", m, 1)
+    if not n_pruned < m:
         raise PriorkitError(f"n_pruned must be in [0, M), got n_pruned={n_pruned}, M={m}")
-    return {name: nm_keep_mask(w, m - n_pruned, m) for name, w in weights.items()}
+    return {name: nm_keep_mask(w, m - n_pruned, m) for name, w in _check_weights(weights).items()}
 
 
 def essential_sparsity(
@@ -67,10 +135,7 @@ def essential_sparsity(
 
     ``sparsities`` must start at 0 (the dense reference) and be increasing.
     """
-    if len(sparsities) != len(perf) or len(sparsities) < 2:
-        raise PriorkitError("sparsities and perf must have the same length >= 2")
-    if sparsities[0] != 0 or any(b <= a for a, b in zip(sparsities, sparsities[1:])):
-        raise PriorkitError(f"sparsities must start at 0 and increase, got {list(sparsities)}")
+    _check_curve(sparsities, perf)
     check_range("tol", tol, 0.0)
     ref = perf[0]
     allowed = tol * abs(ref) if relative else tol
@@ -82,6 +147,9 @@ def knee_sharpness(sparsities: Sequence[float], perf: Sequence[float], s_star: f
 
     > 1 means the curve falls faster past the knee ("flat, then a sharp drop"); inf if flat before.
     """
+    _check_curve(sparsities, perf)
+    if not any(abs(float(s_star) - float(s)) < 1e-9 for s in sparsities):
+        raise PriorkitError(f"s_star must be one of the sparsities {list(sparsities)}, got {s_star!r}")
     s = torch.tensor(list(sparsities), dtype=torch.float64)
     p = torch.tensor(list(perf), dtype=torch.float64)
     k = int((s <= s_star + 1e-12).nonzero().max())
@@ -94,9 +162,13 @@ def knee_sharpness(sparsities: Sequence[float], perf: Sequence[float], s_star: f
 
 @dataclass
 class SweepResult:
+    """The sweep's grid, the performance at each point, each point's per-layer realised sparsity and the
+    essential sparsity ``s_star`` at the sweep's tolerance (``None`` when the grid does not start at 0)."""
+
     sparsities: list[float]
     perf: list[float]
     layer_sparsity: list[dict[str, float]] = field(default_factory=list)
+    s_star: float | None = None
 
 
 def prune_copy(
@@ -109,8 +181,12 @@ def prune_copy(
     seed: int = 0,
 ) -> nn.Module:
     """A deep copy of ``model`` with fixed masks attached to the target layers."""
+    if not isinstance(model, nn.Module):
+        raise PriorkitError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_choice("pruner", pruner, PRUNERS)
     check_sparsity("sparsity", sparsity)
+    if pruner == "nm" and (len(tuple(nm)) != 2 or not all(isinstance(v, int) for v in nm)):
+        raise PriorkitError(f"nm must be a pair of integers (n_pruned, M), got {nm!r}")
     pruned = copy.deepcopy(model)
     layers = prunable_layers(pruned, include)
     weights = {n: raw_weight(m).detach() for n, m in layers.items()}
@@ -132,13 +208,36 @@ def sparsity_sweep(
     pruner: str = "omp",
     include: Callable[[str, nn.Module], bool] | None = None,
     seed: int = 0,
+    tol: float = 0.01,
+    relative: bool = False,
 ) -> SweepResult:
-    """Prune a fresh copy at each sparsity and evaluate it (``evaluate`` may fine-tune with the mask fixed)."""
+    """Prune a fresh copy at each sparsity and evaluate it (``evaluate`` may fine-tune with the mask fixed).
+
+    ``evaluate(pruned_model) -> float`` must return a finite number (higher is better). The result's
+    ``s_star`` is :func:`essential_sparsity` at ``tol`` (``relative``) when the grid starts at 0.
+    Presets: ``sparsity_sweep(model, evaluate, **SPEC.presets["paper"])``.
+    """
+    if not isinstance(model, nn.Module):
+        raise PriorkitError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not callable(evaluate):
+        raise PriorkitError(f"evaluate must be a callable pruned_model -> float, got {type(evaluate).__name__}")
+    check_choice("pruner", pruner, PRUNERS)
+    check_range("tol", tol, 0.0)
+    if len(sparsities) == 0:
+        raise PriorkitError("sparsities must hold at least one value")
+    for s in sparsities:
+        check_sparsity("sparsities", s)
     out = SweepResult([], [])
     for s in sparsities:
         pruned = prune_copy(model, s, pruner=pruner, include=include, seed=seed)
         layers = prunable_layers(pruned, include)
         out.sparsities.append(float(s))
         out.layer_sparsity.append({n: float((m.weight == 0).float().mean()) for n, m in layers.items()})
-        out.perf.append(float(evaluate(pruned)))
+        value = float(evaluate(pruned))
+        if not math.isfinite(value):
+            raise NonFiniteError(f"evaluate returned {value} at sparsity {float(s)}: it must return a finite number")
+        out.perf.append(value)
+    grid = out.sparsities
+    if len(grid) >= 2 and grid[0] == 0 and all(b > a for a, b in zip(grid, grid[1:])):
+        out.s_star = essential_sparsity(grid, out.perf, tol, relative=relative)
     return out

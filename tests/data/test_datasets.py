@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from priorkit.core.errors import PriorkitError
+from priorkit.core.errors import NonFiniteError, PriorkitError
 from priorkit.data import (
+    IndexedTensorDataset,
     asymmetric_noise,
     from_arrays,
     gaussian_mixture,
@@ -51,8 +52,18 @@ def test_asymmetric_noise_follows_mapping():
 def test_noise_bad_input():
     with pytest.raises(PriorkitError, match="rate must be in"):
         symmetric_noise(torch.zeros(3, dtype=torch.long), 1.2, 10)
-    with pytest.raises(PriorkitError, match="labels must lie in"):
+    with pytest.raises(PriorkitError, match=r"labels \(y\) must lie in \[0, 9\]"):
         symmetric_noise(torch.tensor([0, 12]), 0.2, 10)
+    with pytest.raises(PriorkitError, match=r"y must hold integer class labels"):
+        symmetric_noise(np.array([0.5, 1.0]), 0.2, 10)
+    with pytest.raises(PriorkitError, match=r"y must be a 1-D"):
+        symmetric_noise(np.zeros((2, 2), dtype=np.int64), 0.2, 10)
+    with pytest.raises(PriorkitError, match=r"num_classes must be an integer >= 2"):
+        symmetric_noise(np.array([0, 1]), 0.2, 1)
+    with pytest.raises(PriorkitError, match=r"mapping must map class indices"):
+        asymmetric_noise(np.array([0, 1]), 0.2, {0: -1})
+    with pytest.raises(PriorkitError, match=r"labels \(y\) must be >= 0"):
+        asymmetric_noise(np.array([0, -1]), 0.2, {0: 1})
 
 
 def test_from_arrays_and_errors():
@@ -75,3 +86,56 @@ def test_image_folder(tmp_path):
     assert classes == ["cat", "dog"] and ds.x.shape == (4, 3, 6, 6) and ds.y.tolist() == [0, 0, 1, 1]
     with pytest.raises(FileNotFoundError, match="image folder not found"):
         image_folder(tmp_path / "missing")
+
+
+def test_noise_accepts_numpy_lists_and_any_integer_dtype_alike():
+    y = np.arange(200) % 5
+    want = symmetric_noise(torch.as_tensor(y), 0.3, 5, seed=1)
+    for given in (y, y.astype(np.int32), y.tolist(), torch.as_tensor(y, dtype=torch.int32)):
+        got = symmetric_noise(given, 0.3, 5, seed=1)
+        assert got.dtype == torch.long and torch.equal(got, want)
+    assert torch.equal(
+        asymmetric_noise(y, 0.3, pair_mapping(5)), asymmetric_noise(torch.as_tensor(y), 0.3, pair_mapping(5))
+    )
+
+
+def test_indexed_dataset_takes_numpy_and_with_labels_takes_numpy():
+    ds = IndexedTensorDataset(np.zeros((4, 2), dtype=np.float32), np.array([0, 1, 1, 0], dtype=np.int32))
+    assert ds.y.dtype == torch.long and isinstance(ds.x, torch.Tensor)
+    noisy = ds.with_labels(np.array([1, 1, 1, 0]))
+    assert noisy.y.tolist() == [1, 1, 1, 0] and torch.equal(noisy.clean_y, ds.y)
+    with pytest.raises(PriorkitError, match="y must hold integer class labels"):
+        IndexedTensorDataset(torch.zeros(2, 2), torch.zeros(2))
+    with pytest.raises(PriorkitError, match="clean_y must have the same length"):
+        IndexedTensorDataset(
+            torch.zeros(2, 2), torch.zeros(2, dtype=torch.long), clean_y=torch.zeros(3, dtype=torch.long)
+        )
+
+
+def test_from_arrays_bad_input_is_named():
+    with pytest.raises(NonFiniteError, match="x holds 1 NaN"):
+        from_arrays(np.array([[0.0, np.nan], [1.0, 2.0]]), np.array([0, 1]))
+    with pytest.raises(PriorkitError, match="x must hold at least one sample"):
+        from_arrays(np.zeros((0, 2)), np.zeros(0, dtype=np.int64))
+    with pytest.raises(PriorkitError, match="y must be a 1-D vector"):
+        from_arrays(np.zeros((2, 2)), np.zeros((2, 1), dtype=np.int64))
+    with pytest.raises(PriorkitError, match="y must hold labels >= 0"):
+        from_arrays(np.zeros((2, 2)), np.array([0, -1]))
+    with pytest.raises(PriorkitError, match="x must be a torch.Tensor or a numpy array"):
+        from_arrays("pixels", np.array([0, 1]))
+    assert from_arrays([[0.0, 1.0], [2.0, 3.0]], [1, 0]).y.tolist() == [1, 0]
+
+
+def test_users_own_numpy_data_trains_with_a_method_through_public_names_only():
+    from priorkit.models import MLP
+    from priorkit.regularizers import ELR
+    from priorkit.train import TrainConfig, Trainer
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 60)
+    x = rng.normal(size=(60, 4)).astype(np.float32) + y[:, None]
+    train = from_arrays(x, y)
+    train = train.with_labels(symmetric_noise(train.y.numpy(), 0.2, 3, seed=0))
+    hook = ELR(len(train), 3)
+    history = Trainer(MLP(4, (8,), 3), train, hooks=[hook], config=TrainConfig(epochs=2, batch_size=16)).fit()
+    assert {"ce", "elr"} <= set(history[-1]) and bool(hook.memory.table.sum(1).gt(0).all())

@@ -1,11 +1,14 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from priorkit.data import gaussian_mixture
+from priorkit.core.errors import NonFiniteError, PriorkitError
+from priorkit.data import IndexedTensorDataset, gaussian_mixture
 from priorkit.models import MLP
 from priorkit.regularizers.pskd import PSKD, alpha_at, pskd_loss, pskd_targets
-from priorkit.train import Hook, TrainConfig, Trainer
+from priorkit.train import Batch, Hook, TrainConfig, Trainer
 
 
 def test_alpha_schedule_is_linear_in_epoch():
@@ -40,8 +43,8 @@ class _Spy(Hook):
     def __init__(self):
         self.targets, self.probs = [], []
 
-    def on_step_end(self, trainer, batch):
-        self.targets.append((batch.index.clone(), batch.target.clone(), trainer.epoch))
+    def on_step_end(self, state, batch):
+        self.targets.append((batch.index.clone(), batch.target.clone(), state.epoch))
         self.probs.append((batch.index.clone(), batch.output.detach().softmax(1)))
 
 
@@ -71,3 +74,56 @@ def test_wrong_shapes_are_named():
         pskd_targets(torch.zeros(3, dtype=torch.long), torch.rand(4, 5), 0.5)
     with pytest.raises(ValueError, match=r"targets must have shape \[2, 3\]"):
         pskd_loss(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+# ------------------------------------------------------------------------------- bad input, NaN safety
+def _batch(y, index, output=None):
+    return Batch(x=torch.zeros(len(index), 2), y=y, index=index, output=output)
+
+
+def test_out_of_range_labels_are_named_before_one_hot():
+    hook = PSKD(6, 3)
+    hook.on_epoch_start(SimpleNamespace(epoch=0, num_epochs=4))
+    with pytest.raises(PriorkitError, match=r"labels \(batch.y\) must lie in \[0, 2\]"):
+        hook.transform_batch(None, _batch(torch.tensor([0, 5]), torch.tensor([0, 1])))
+    with pytest.raises(PriorkitError, match=r"y must lie in \[0, 3\]"):
+        pskd_targets(torch.tensor([0, 4]), torch.rand(2, 4).softmax(1), 0.5)
+    data = gaussian_mixture(60, num_classes=3, dim=2, seed=0)
+    bad = IndexedTensorDataset(data.train.x, data.train.y + 2)
+    with pytest.raises(PriorkitError, match="labels"):
+        Trainer(MLP(2, (4,), 3), bad, hooks=[PSKD(len(bad), 3)], config=TrainConfig(epochs=1, batch_size=8)).fit()
+
+
+def test_nan_batch_raises_and_memory_is_unchanged():
+    hook = PSKD(6, 3)
+    hook.memory.table[:] = torch.rand(6, 3).softmax(1)
+    before = hook.memory.table.clone()
+    hook.on_epoch_start(SimpleNamespace(epoch=1, num_epochs=4))
+    b = hook.transform_batch(None, _batch(torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5])))
+    b.output = torch.randn(3, 3)
+    b.output[1, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"logits \(batch.output\)"):
+        hook.on_step_end(None, b)
+    assert torch.equal(hook.memory.table, before)
+    # in a run: the NaN loss stops the step before the memory is touched (epoch 0 writes nothing early either)
+    data = gaussian_mixture(60, num_classes=3, dim=2, seed=0)
+    x = data.train.x.clone()
+    x[3] = float("nan")
+    run = PSKD(len(data.train), 3)
+    with pytest.raises(NonFiniteError):
+        Trainer(MLP(2, (4,), 3), IndexedTensorDataset(x, data.train.y), hooks=[run],
+                config=TrainConfig(epochs=1, batch_size=100)).fit()  # fmt: skip
+    assert torch.equal(run.memory.table, torch.zeros_like(run.memory.table))
+
+
+def test_epoch_out_of_range_is_a_priorkit_error():
+    with pytest.raises(PriorkitError, match=r"epoch must be an integer in \[0, 3\]"):
+        alpha_at(4, 4)
+
+
+def test_presets_construct_the_hook():
+    from priorkit.regularizers import pskd
+
+    assert pskd.SPEC.entry == "PSKD" and "PSKD" in pskd.__all__
+    for preset in pskd.SPEC.presets.values():
+        assert PSKD(10, 3, **preset).alpha_T == preset["alpha_T"]

@@ -1,3 +1,4 @@
+import importlib
 import importlib.util
 
 import pytest
@@ -14,6 +15,7 @@ from priorkit.sparsity.essential_sparsity import (
     omp_masks,
     prune_copy,
     random_masks,
+    sparsity_sweep,
 )
 
 
@@ -91,3 +93,18 @@ def test_smallest_k_matches_stable_argsort_with_ties():
         ref = torch.zeros(200, dtype=torch.bool)
         ref[torch.argsort(scores, stable=True)[:k]] = True
         assert torch.equal(smallest_k(scores, k), ref)
+
+
+def test_sweep_reports_s_star_and_presets_are_its_keywords():
+    es = importlib.import_module("priorkit.sparsity.essential_sparsity")  # the package re-exports the function
+    model = MLP(8, (16,), 4)
+
+    def keep(pruned):
+        return 1.0 - sum(int((m.weight == 0).sum()) for m in prunable_layers(pruned).values()) / 1e3
+
+    for name in ("paper", "small"):
+        res = sparsity_sweep(model, keep, **es.SPEC.presets[name])
+        assert res.s_star == essential_sparsity(res.sparsities, res.perf, es.SPEC.presets[name]["tol"])
+    assert es.SPEC.entry == "sparsity_sweep" and es.SPEC.status == "implemented"
+    assert set(es.__all__) >= {"sparsity_sweep", "omp_masks", "essential_sparsity"}
+    assert sparsity_sweep(model, keep, [0.2, 0.5]).s_star is None  # no dense reference point
