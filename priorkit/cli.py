@@ -13,10 +13,10 @@ from priorkit.core.registry import FAMILIES, STATUSES, get, list_methods
 
 def methods_markdown() -> str:
     """The README's method table (every method that is not ``planned``), generated from the registry."""
-    lines = ["| id | family | status | what it is | not yet built |", "|---|---|---|---|---|"]
+    lines = ["| id | family | status | entry | what it is | not yet built |", "|---|---|---|---|---|---|"]
     for m in list_methods():
         if m.status != "planned":
-            lines.append(f"| `{m.id}` | {m.family} | {m.status} | {m.summary} | {m.missing} |")
+            lines.append(f"| `{m.id}` | {m.family} | {m.status} | `{m.entry}` | {m.summary} | {m.missing} |")
     planned = sum(m.status == "planned" for m in list_methods())
     lines.append(f"\n{planned} more methods are `planned`: `priorkit list --status planned`.")
     return "\n".join(lines)
