@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -31,7 +32,12 @@ class PerSampleMemory:
     def shape(self) -> tuple[int, int]:
         return tuple(self.table.shape)  # type: ignore[return-value]
 
-    def _check_index(self, index: torch.Tensor) -> torch.Tensor:
+    def check_index(self, index: torch.Tensor) -> torch.Tensor:
+        """``index`` as a CPU int64 tensor after checking it is 1-D and in ``[0, num_samples)``.
+
+        A hook checks once per step with this and then reads and writes with ``checked=False``."""
+        if not isinstance(index, torch.Tensor):
+            raise PriorkitError(f"index must be a 1-D integer tensor, got {type(index).__name__}")
         if index.dim() != 1 or index.dtype not in (torch.int64, torch.int32):
             raise PriorkitError(f"index must be a 1-D integer tensor, got {index.dtype} {list(index.shape)}")
         if len(index) and (int(index.min()) < 0 or int(index.max()) >= self.table.shape[0]):
@@ -41,23 +47,27 @@ class PerSampleMemory:
             )
         return index.long().cpu()
 
-    def read(self, index: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
-        """Rows for ``index`` as float32 on ``device``."""
-        rows = self.table[self._check_index(index)].float()
+    def read(self, index: torch.Tensor, device: torch.device | None = None, *, checked: bool = True) -> torch.Tensor:
+        """Rows for ``index`` as float32 on ``device`` (``checked=False``: ``index`` was already checked)."""
+        rows = self.table[self.check_index(index) if checked else index.long().cpu()].float()
         return rows.to(device) if device is not None else rows
 
-    def write(self, index: torch.Tensor, rows: torch.Tensor, *, gather: bool = True) -> None:
+    def write(self, index: torch.Tensor, rows: torch.Tensor, *, gather: bool = True, checked: bool = True) -> None:
         """Set the rows for ``index`` (from every rank when ``gather`` and running under DDP).
 
-        Non-finite rows are refused before anything is written, so one bad batch cannot corrupt the table.
+        Non-finite rows are refused before anything is written, so one bad batch cannot corrupt the table; under
+        DDP the gathered rows are tested, so every rank raises together. ``checked=False`` skips the index
+        range check only (the caller checked it this step with :meth:`check_index`).
         """
         if rows.shape != (len(index), self.table.shape[1]):
             raise PriorkitError(f"rows must have shape [{len(index)}, {self.table.shape[1]}], got {list(rows.shape)}")
-        rows = check_finite("rows", rows.detach())
+        rows = rows.detach()
         if gather and D.is_dist():
             index = D.all_gather_cat(index.to(rows.device))
             rows = D.all_gather_cat(rows)
-        self.table[self._check_index(index.cpu())] = rows.cpu().to(self.table.dtype)
+        if not math.isfinite(float(rows.sum())):  # one reduction; names the count only when it fails
+            check_finite("rows", rows)
+        self.table[self.check_index(index.cpu()) if checked else index.long().cpu()] = rows.cpu().to(self.table.dtype)
 
     def state_dict(self) -> dict[str, Any]:
         return {"table": self.table.clone(), "dtype": self.dtype}

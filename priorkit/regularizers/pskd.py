@@ -129,14 +129,15 @@ class PSKD(Hook):
         self.alpha = alpha_at(epoch, state.num_epochs, self.alpha_T, self.schedule)
 
     def transform_batch(self, state: RunState, batch: Batch) -> Batch:
-        # the one check per step at the boundary: labels and index (the memory's read checks the index range)
+        # the one check per step at the boundary: labels and index; reads and writes below skip their own
         check_labels("labels (batch.y)", batch.y, self.memory.shape[1], length=len(batch.index))
         if len(batch.index) == 0:
             raise PriorkitError("PSKD: the batch is empty (batch.index has no entries)")
+        self.memory.check_index(batch.index)
         if self.epoch == 0:  # epoch-0 targets are exactly the one-hot labels (official: memory rows := one-hot)
             batch.target = F.one_hot(batch.y, self.memory.shape[1]).float()
         else:
-            past = self.memory.read(batch.index, device=batch.y.device)
+            past = self.memory.read(batch.index, device=batch.y.device, checked=False)
             batch.target = _targets(batch.y, past, self.alpha)
         return batch
 
@@ -146,7 +147,7 @@ class PSKD(Hook):
             got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise PriorkitError(f"PSKD: logits (batch.output) must have shape [batch, {c}], got {got}")
         try:  # PerSampleMemory.write refuses non-finite rows before writing anything
-            self.memory.write(batch.index, out.detach().softmax(dim=1))
+            self.memory.write(batch.index, out.detach().softmax(dim=1), checked=False)
         except NonFiniteError as e:
             raise NonFiniteError(f"PSKD: logits (batch.output) give a non-finite softmax: {e}") from None
 

@@ -72,7 +72,7 @@ def _engine(case: str, data: Any, cfg: TrainConfig, num_classes: int) -> float:
 
 
 def engine_overhead(
-    cases: tuple[str, ...] = CASES, *, epochs: int = 4, n: int = 4096, repeats: int = 5, threads: int = 1
+    cases: tuple[str, ...] = CASES, *, epochs: int = 8, n: int = 4096, repeats: int = 9, threads: int = 1
 ) -> list[dict[str, Any]]:
     """Median seconds per step of each case through the engine and through a plain loop, and their ratio."""
     check_positive_int("epochs", epochs)
@@ -85,9 +85,13 @@ def engine_overhead(
     try:
         for case in cases:
             eng, plain = [], []
-            for _ in range(repeats):  # interleaved, so load changes hit both alike
-                eng.append(_engine(case, data, cfg, 10))
-                plain.append(_plain(case, data, cfg, 10))
+            for r in range(repeats):  # interleaved, alternating which goes first, so load changes hit both alike
+                if r % 2:
+                    plain.append(_plain(case, data, cfg, 10))
+                    eng.append(_engine(case, data, cfg, 10))
+                else:
+                    eng.append(_engine(case, data, cfg, 10))
+                    plain.append(_plain(case, data, cfg, 10))
             e, p = sorted(eng)[repeats // 2], sorted(plain)[repeats // 2]
             rows.append({"case": case, "engine_ms": 1e3 * e, "plain_ms": 1e3 * p, "ratio": e / p})
     finally:

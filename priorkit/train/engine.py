@@ -133,7 +133,10 @@ class RunState:
     # ------------------------------------------------------------------------------------------ actions
     def backward(self, loss: torch.Tensor) -> None:
         """Backward through Fabric (precision scaling, DDP gradient sync); for ``manual`` phases."""
-        self.fabric.backward(loss)
+        if self._trainer._wrap:
+            self.fabric.backward(loss)
+        else:
+            loss.backward()
 
     def request_stop(self) -> None:
         """End the run after the current epoch (early stopping); the checkpoint of that epoch is still written.
@@ -193,6 +196,9 @@ class Trainer:
         seed_everything(config.seed)
         self.fabric = make_fabric(config)
         self.model = model.to(self.fabric.device)
+        # One process in full precision: Fabric's module/optimizer wrappers would only add Python calls per step
+        # (they exist for DDP/FSDP gradient sync and precision plugins), so the raw ones are used.
+        self._wrap = self.fabric.world_size > 1 or config.precision != "32-true" or config.strategy != "auto"
         self.state = RunState(self)
 
     # ----------------------------------------------------------------------------------------- set-up
@@ -240,7 +246,7 @@ class Trainer:
         s.phase_index, s.phase = index, self.recipe.phases[index]
         ph = s.phase
         freeze_except(self.model, ph.trainable)
-        s.net = self.fabric.setup_module(self.model) if ph.epochs > 0 else self.model
+        s.net = self.fabric.setup_module(self.model) if ph.epochs > 0 and self._wrap else self.model
         if ph.epochs > 0 and ph.key not in s.optimizers:
             if ph.optimizer is not None:
                 opt = ph.optimizer(self.model)
@@ -253,7 +259,7 @@ class Trainer:
                 sched = make_scheduler(opt, self.cfg, ph.epochs)
             else:
                 sched = None
-            s.optimizers[ph.key] = self.fabric.setup_optimizers(opt)
+            s.optimizers[ph.key] = self.fabric.setup_optimizers(opt) if self._wrap else opt
             s.schedulers[ph.key] = sched
         self.model.train(ph.train_mode)
 
@@ -483,8 +489,9 @@ class Trainer:
             else:
                 batch.output = forward(s.net, batch)
                 terms = self._loss_terms(batch)
-                check_finite_losses(terms, s.step)
                 loss = sum(terms.values())
+                if not bool(torch.isfinite(loss)):  # one check per step; names the bad terms when it fails
+                    check_finite_losses(terms, s.step)
                 if ph.rescale and s.world_size > 1:
                     loss = loss * (len(local) * s.world_size / len(glob))
                 opt.zero_grad(set_to_none=True)
@@ -492,7 +499,10 @@ class Trainer:
                 for h in self.hooks:
                     h.on_after_backward(s)
                 if clip is not None:
-                    self.fabric.clip_gradients(s.net, opt, max_norm=clip)
+                    if self._wrap:
+                        self.fabric.clip_gradients(s.net, opt, max_norm=clip)
+                    else:
+                        nn.utils.clip_grad_norm_(self.model.parameters(), clip)
                 opt.step()
             for h in self.hooks:
                 h.on_step_end(s, batch)
@@ -502,6 +512,9 @@ class Trainer:
             for k, v in terms.items():
                 sums[k] += float(v.detach() if isinstance(v, torch.Tensor) else v) * len(local)
             count += len(local)
+            # drop this step's graph and activations now, not when the next step rebinds the names
+            del batch, terms
+            loss = None
         if sched is not None and ph.interval == "epoch":
             sched.step()
         for h in self.hooks:
