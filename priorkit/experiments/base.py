@@ -1,13 +1,16 @@
 """The experiment contract: a method against its baseline on the same data, seeds and budget.
 
-Each ``priorkit/experiments/<id>.py`` defines ``EXPERIMENT = Experiment(...)``. Its ``run(seed, quick)``
-returns the numbers of one seed for the method and the baseline; :func:`run_experiment` aggregates them
-over seeds and decides ``reproduced`` from the ``checks`` the experiment states up front (direction and
-margin) - never by hand.
+Each ``priorkit/experiments/<id>.py`` defines ``EXPERIMENT = Experiment(...)``. Its ``run(seed, config)``
+(``config`` is the tier's typed config, ``EXPERIMENT.quick`` or ``EXPERIMENT.full``) returns the numbers of
+one seed for the method and the baseline; :func:`run_experiment` aggregates them over seeds and decides
+``reproduced`` from the ``checks`` the experiment states up front (direction and margin) - never by hand.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from priorkit.core.errors import check_choice
+from priorkit.core.errors import PriorkitError, check_choice
 
 #: what ``run(seed, quick)`` returns: {"method": {metric: value}, "baseline": {metric: value}, "extra": {...}}
 SeedResult = dict[str, Any]
@@ -61,13 +64,23 @@ class Check:
 
 @dataclass
 class Experiment:
+    """One method-vs-baseline experiment.
+
+    ``quick`` and ``full`` are the two tiers' typed configs (frozen dataclasses: epochs, learning rates, data
+    sizes, ... every number that decides the run); ``run(seed, config)`` receives one of them, and the report
+    renders it field by field, so no setup number is typed twice. ``setup`` is the prose that no field holds
+    (the data, the models). ``seeds`` / ``quick_seeds``: how many seeds each tier runs by default.
+    """
+
     id: str
     claim: str
     setup: str
     method_name: str
     baseline_name: str
     checks: list[Check]
-    run: Callable[[int, bool], SeedResult]
+    run: Callable[[int, Any], SeedResult]
+    quick: Any = None
+    full: Any = None
     seeds: int = 3
     quick_seeds: int = 2
     plot: Callable[[list[SeedResult], Path], list[Path]] | None = None
@@ -75,6 +88,30 @@ class Experiment:
     #: torch intra-op and BLAS/OpenMP threads while this experiment runs (None: leave as is); tiny models run
     #: fastest on 1 (see :func:`thread_limit`)
     threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for tier in ("quick", "full"):
+            cfg = getattr(self, tier)
+            if cfg is not None and not dataclasses.is_dataclass(cfg):
+                raise PriorkitError(f"Experiment({self.id!r}).{tier} must be a dataclass instance, got {cfg!r}")
+
+    def config(self, quick: bool) -> Any:
+        """The tier's config (the bool itself for an experiment without typed configs)."""
+        cfg = self.quick if quick else self.full
+        return quick if cfg is None else cfg
+
+
+def config_record(cfg: Any) -> dict[str, Any]:
+    """A typed config as a JSON-able dict (tuples become lists)."""
+    if not dataclasses.is_dataclass(cfg):
+        return {}
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def config_hash(cfg: Any) -> str:
+    """A short stable hash of a typed config (results of different configs never share one)."""
+    text = json.dumps(config_record(cfg), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -108,8 +145,9 @@ def run_experiment(exp: Experiment, *, quick: bool, seeds: int | None = None, fi
     """Run ``exp`` over seeds ``0..n-1`` and return the result record of ``results.json``."""
     n = seeds if seeds is not None else (exp.quick_seeds if quick else exp.seeds)
     start = time.perf_counter()
+    cfg = exp.config(quick)
     with thread_limit(exp.threads):
-        per_seed = [exp.run(seed, quick) for seed in range(n)]
+        per_seed = [exp.run(seed, cfg) for seed in range(n)]
     seconds = time.perf_counter() - start
     metrics = {side: sorted({k for r in per_seed for k in r[side]}) for side in ("method", "baseline")}
     agg = {
@@ -132,6 +170,8 @@ def run_experiment(exp: Experiment, *, quick: bool, seeds: int | None = None, fi
         "id": exp.id,
         "claim": exp.claim,
         "setup": exp.setup,
+        "config": config_record(cfg),
+        "config_hash": config_hash(cfg) if dataclasses.is_dataclass(cfg) else None,
         "method_name": exp.method_name,
         "baseline_name": exp.baseline_name,
         "metric": primary,

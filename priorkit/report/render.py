@@ -49,6 +49,10 @@ def render_markdown(results: list[dict[str, Any]], title: str = "priorkit bench"
             lines += [f"Error: `{r['error']}`"]
             continue
         lines += [f"Setup: {r['setup']}", "", f"Method: {r['method_name']}; baseline: {r['baseline_name']}.", ""]
+        if r.get("config"):
+            tier = "quick" if r.get("quick") else "full"
+            lines += [f"Config ({tier}, hash `{r.get('config_hash')}`): "
+                      + ", ".join(f"{k}={v}" for k, v in r["config"].items()), ""]
         lines += ["| rule | method | baseline | passed |", "|---|---|---|---|"]
         for c in r["checks"]:
             b = "-" if c["baseline"] is None else f"{c['baseline']:.4g}"
@@ -111,6 +115,13 @@ def render_html(results: list[dict[str, Any]], title: str = "priorkit bench") ->
             f"<p><b>Setup:</b> {e(r['setup'])}<br><b>Method:</b> {e(r['method_name'])}; "
             f"<b>baseline:</b> {e(r['baseline_name'])}</p>"
         )
+        if r.get("config"):
+            tier = "quick" if r.get("quick") else "full"
+            out.append(
+                f"<p class='small'><b>Config</b> ({tier}, hash <code>{e(str(r.get('config_hash')))}</code>): "
+                + ", ".join(f"{e(k)}={e(str(v))}" for k, v in r["config"].items())
+                + "</p>"
+            )
         out.append("<table><tr><th>rule</th><th>method</th><th>baseline</th><th>passed</th></tr>")
         for c in r["checks"]:
             b = "-" if c["baseline"] is None else f"{c['baseline']:.4g}"
