@@ -130,12 +130,12 @@ def _set_threads(n: int | None) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from priorkit.report.render import write_report
+    from priorkit.report.render import load_results, write_report
 
     src = Path(args.dir) / "results.json"
     if not src.is_file():
         raise PriorkitError(f"no results.json in {args.dir}; run `priorkit bench --out {args.dir}` first")
-    paths = write_report(json.loads(src.read_text()), Path(args.dir))
+    paths = write_report(load_results(src), Path(args.dir))
     print(f"report: {paths['html'].resolve()}")
     return 0
 

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -54,12 +55,38 @@ class Check:
             ref = baseline + self.margin if self.direction == "higher" else baseline - self.margin
         return method >= ref if self.direction == "higher" else method <= ref
 
+    def decide(self, method: list[float], baseline: list[float] | None, level: float = 0.95) -> dict[str, Any]:
+        """The verdict on seed-paired values: the ``level`` t-interval of the per-seed differences
+        (method - baseline; the method's values for ``against='value'``) must clear the margin entirely.
+
+        ``higher``: lower bound >= margin (against a value: >= the value); ``lower``: upper bound <= -margin
+        (<= the value). A non-finite value fails the check (an infinite ratio is not evidence), and one seed
+        gives an unbounded interval, which never passes.
+        """
+        if self.against == "value":
+            values = list(method)
+        else:
+            if baseline is None or len(baseline) != len(method):
+                raise PriorkitError(f"check on {self.metric!r} needs one baseline value per seed")
+            values = [m - b for m, b in zip(method, baseline)]
+        mean, lo, hi = t_interval(values, level)
+        if not all(math.isfinite(v) for v in values):
+            ok, why = False, "non-finite value"
+        elif self.against == "value":
+            ok = lo >= self.margin if self.direction == "higher" else hi <= self.margin
+            why = ""
+        else:
+            ok = lo >= self.margin if self.direction == "higher" else hi <= -self.margin
+            why = ""
+        return {"diff_mean": mean, "ci_low": lo, "ci_high": hi, "n": len(values), "passed": bool(ok), "why": why}
+
     def describe(self) -> str:
+        """The rule in words: the 95% interval over seeds must clear the margin."""
         op = ">=" if self.direction == "higher" else "<="
         if self.against == "value":
-            return f"method {self.metric} {op} {self.margin:g}"
-        sign = "+" if self.direction == "higher" else "-"
-        return f"method {self.metric} {op} baseline {self.metric} {sign} {self.margin:g}"
+            return f"95% CI of method {self.metric} {op} {self.margin:g}"
+        ref = self.margin if self.direction == "higher" else -self.margin
+        return f"95% CI of (method - baseline) {self.metric} {op} {ref:+g}"
 
 
 @dataclass
@@ -114,12 +141,64 @@ def config_hash(cfg: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the Student-t interval of the mean (unbounded for fewer than two finite values)."""
+    from scipy.stats import t
+
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) == 0 or not np.all(np.isfinite(v)):
+        m = float(v.mean()) if len(v) else math.nan
+        return m, -math.inf, math.inf
+    m = float(v.mean())
+    if len(v) < 2:
+        return m, -math.inf, math.inf
+    half = float(t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return m, m - half, m + half
+
+
 def _stats(values: list[float]) -> dict[str, float]:
     """Mean and population std over seeds (inf-safe: a metric may be infinite, e.g. a knee ratio)."""
     v = np.asarray(values, dtype=np.float64)
     with np.errstate(invalid="ignore"):
         std = float(v.std()) if len(v) > 1 else 0.0
     return {"mean": float(v.mean()), "std": std if math.isfinite(std) else 0.0, "n": len(values)}
+
+
+def run_stamp(threads: int | None, seconds: float) -> dict[str, Any]:
+    """Where a result came from: priorkit commit (and whether the tree was dirty), torch, Python, CPU, threads,
+    wall time."""
+    import platform
+    import subprocess
+
+    import priorkit
+
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                                 cwd=Path(priorkit.__file__).resolve().parent)  # fmt: skip
+            return out.stdout.strip() if out.returncode == 0 else ""
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "commit": git("rev-parse", "HEAD") or "unknown",
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "priorkit": priorkit.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": threads if threads is not None else torch.get_num_threads(),
+        "seconds": round(seconds, 2),
+    }
 
 
 @contextmanager
@@ -156,11 +235,17 @@ def run_experiment(exp: Experiment, *, quick: bool, seeds: int | None = None, fi
     }
     checks = []
     for c in exp.checks:
+        sides = ("method",) if c.against == "value" else ("method", "baseline")
+        for side in sides:
+            lacking = [i for i, r in enumerate(per_seed) if c.metric not in r[side]]
+            if lacking:
+                raise PriorkitError(f"{exp.id}: the {side}'s {c.metric!r} is missing in seed(s) {lacking}")
+        m_vals = [float(r["method"][c.metric]) for r in per_seed]
+        b_vals = None if c.against == "value" else [float(r["baseline"][c.metric]) for r in per_seed]
         m = agg["method"][c.metric]["mean"]
-        b = agg["baseline"].get(c.metric, {}).get("mean")
-        checks.append(
-            {"rule": c.describe(), "metric": c.metric, "method": m, "baseline": b, "passed": bool(c.passed(m, b))}
-        )
+        b = agg["baseline"].get(c.metric, {}).get("mean") if c.against != "value" else None
+        verdict = c.decide(m_vals, b_vals)
+        checks.append({"rule": c.describe(), "metric": c.metric, "method": m, "baseline": b, **verdict})
     primary = exp.checks[0].metric
     figures: list[str] = []
     if exp.plot is not None and figdir is not None:
@@ -183,6 +268,8 @@ def run_experiment(exp: Experiment, *, quick: bool, seeds: int | None = None, fi
         "seeds": n,
         "seconds": round(seconds, 2),
         "quick": quick,
+        "tier": "quick (smoke run: verdicts are not evidence)" if quick else "full",
+        "stamp": run_stamp(exp.threads, seconds),
         "notes": exp.notes,
         "per_seed": [{k: v for k, v in r.items() if k != "curves"} for r in per_seed],
         "figures": figures,
