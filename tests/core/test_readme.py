@@ -9,3 +9,24 @@ def test_readme_method_table_is_generated_from_the_registry():
     text = README.read_text()
     block = text.split("<!-- methods:begin -->\n", 1)[1].split("<!-- methods:end -->", 1)[0]
     assert block.strip() == methods_markdown().strip(), "regenerate with: priorkit list --markdown"
+
+
+def _block(after: str) -> str:
+    return README.read_text().split(after, 1)[1].split("```python", 1)[1].split("```", 1)[0]
+
+
+def test_readme_code_blocks_run(tmp_path):
+    """The README's engine and user's-own-data snippets run as written (with 2 epochs on digits)."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    env = {"my_features": (x[:400] / 16).astype(np.float32), "my_labels": y[:400]}
+    own = _block("### Your own data, one method per family")
+    for n in ("50", "60", "150"):
+        own = own.replace(f"epochs={n}", "epochs=2")
+    exec(own, env)
+    engine = _block("Methods combine in one run; each named loss term is logged on its own:")
+    engine = engine.replace("epochs=60", "epochs=2").replace('"runs/demo"', repr(str(tmp_path)))
+    exec(engine, env)
+    assert {"ce", "elr", "loss"} <= set(env["history"][-1])
