@@ -52,7 +52,7 @@ def _read_table(path: Path, what: str, n_fields: int, last_is_text: bool = False
                 continue
             fields = line.split(None, n_fields - 1) if last_is_text else line.split()
             if len(fields) != n_fields:
-                raise ValueError(f"{path}, line {lineno}: expected {n_fields} fields ({what}), got {line!r}")
+                raise PriorkitError(f"{path}, line {lineno}: expected {n_fields} fields ({what}), got {line!r}")
             rows.append(fields)
     return rows
 
@@ -105,10 +105,10 @@ class CUB200(Dataset):
         for name, table in (("image_class_labels.txt", labels), ("train_test_split.txt", is_train)):
             missing = [k for k in paths if k not in table]
             if missing:
-                raise ValueError(f"{self.root / name} has no entry for image id(s) {missing[:5]}")
+                raise PriorkitError(f"{self.root / name} has no entry for image id(s) {missing[:5]}")
         bad = sorted({v for v in labels.values() if not 1 <= v <= len(self.classes)})
         if bad:
-            raise ValueError(f"class ids must be in [1, {len(self.classes)}] (classes.txt), got {bad[:5]}")
+            raise PriorkitError(f"class ids must be in [1, {len(self.classes)}] (classes.txt), got {bad[:5]}")
 
         want_train = split == "train"
         ids = sorted((k for k in paths if is_train[k] == want_train), key=int)
@@ -127,7 +127,7 @@ class CUB200(Dataset):
             }
             missing = [k for k in ids if k not in rows]
             if missing:
-                raise ValueError(f"{bbox_file} has no box for image id(s) {missing[:5]}")
+                raise PriorkitError(f"{bbox_file} has no box for image id(s) {missing[:5]}")
             self._boxes = torch.tensor([rows[k] for k in ids], dtype=torch.float32).reshape(len(ids), 4)
 
         self.part_names: list[str] = []
@@ -144,7 +144,7 @@ class CUB200(Dataset):
                 if i is None:
                     continue
                 if pid not in part_index:
-                    raise ValueError(f"{locs_file}: part id {pid} is not in {parts_file}")
+                    raise PriorkitError(f"{locs_file}: part id {pid} is not in {parts_file}")
                 locs[i, part_index[pid]] = (float(x), float(y), float(vis))
             self._parts = torch.from_numpy(locs)
 
@@ -171,7 +171,7 @@ class CUB200(Dataset):
         left, top = max(0, int(math.floor(x))), max(0, int(math.floor(y)))
         right, bottom = min(width, int(math.ceil(x + w))), min(height, int(math.ceil(y + h)))
         if right <= left or bottom <= top:
-            raise ValueError(f"bounding box {[x, y, w, h]} of image id {self.image_ids[i]} is empty")
+            raise PriorkitError(f"bounding box {[x, y, w, h]} of image id {self.image_ids[i]} is empty")
         return left, top, right, bottom
 
     def _frame(self, i: int, width: int, height: int) -> tuple[float, float, float, float, int, int]:

@@ -256,7 +256,7 @@ def _place(rng: np.random.Generator, n_active: np.ndarray, p: int, s: int, size:
         out[todo[ok]] = pos[ok]
         todo = todo[~ok]
     if todo.size:  # pragma: no cover - prevented by the capacity check
-        raise RuntimeError(f"could not place {p} parts of side {s} in {todo.size} images of side {size}")
+        raise PriorkitError(f"could not place {p} parts of side {s} in {todo.size} images of side {size}")
     return out
 
 

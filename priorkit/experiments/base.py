@@ -51,7 +51,7 @@ class Check:
         ref = self.margin if self.against == "value" else None
         if ref is None:
             if baseline is None:
-                raise ValueError(f"check on {self.metric!r} needs a baseline value")
+                raise PriorkitError(f"check on {self.metric!r} needs a baseline value")
             ref = baseline + self.margin if self.direction == "higher" else baseline - self.margin
         return method >= ref if self.direction == "higher" else method <= ref
 
