@@ -125,7 +125,7 @@ def load_digits(*, image: bool = False, val: float = 0.1, test: float = 0.3, see
     return split_arrays(x, torch.tensor(d.target, dtype=torch.long), val=val, test=test, seed=seed)
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
     root = os.environ.get("PRIORKIT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "priorkit"))
     return Path(root)
 
@@ -137,7 +137,7 @@ def load_mnist1d(*, val: float = 0.1, seed: int = 0, channel: bool = False) -> S
     a ``.npz``; ``val`` of the 4,000 training signals are held out (stratified, from ``seed``). With
     ``channel=True`` inputs are ``[1, 40]`` (1-D CNN), else ``[40]`` (MLP).
     """
-    path = _cache_dir() / "mnist1d_default.npz"
+    path = cache_dir() / "mnist1d_default.npz"
     if not path.is_file():
         from mnist1d.data import get_dataset_args, make_dataset
 

@@ -83,10 +83,10 @@ class ZeroShotData:
 
 def minilm_class_embeddings(names: tuple[str, ...] = DIGIT_NAMES) -> torch.Tensor:
     """MiniLM embeddings of ``names`` ([C, 384], unit norm), cached under the priorkit cache directory."""
-    from priorkit.data.datasets import _cache_dir
+    from priorkit.data.datasets import cache_dir
 
     key = hashlib.sha1("\n".join(names).encode()).hexdigest()[:16]
-    path = _cache_dir() / f"minilm_names_{key}.pt"
+    path = cache_dir() / f"minilm_names_{key}.pt"
     if path.is_file():
         return torch.load(path, weights_only=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
