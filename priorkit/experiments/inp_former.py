@@ -1,17 +1,16 @@
 """INP-Former vs the same head with a residual self-attention decoder (card: prototypes-fewshot-ood.md,
 "Small-scale check on CPU").
 
-Data: ``make_anomaly`` textures (brick, grass, gravel; 32x32), one unified model for all three (the paper's
-multi-class setting); normal-only training images, test images half anomalous (a pasted patch of another
-texture or a drawn line) with pixel masks. Frozen encoder: the card's stand-in for DINOv2, a small conv
-auto-encoder (``ConvEncoder``, stride-2 stem, 2 stages -> a 16x16 token grid from 2 depths, as the card)
-pretrained on the normal training images; the same encoder feeds both heads. Head: M=6 INPs, dim 64
-(quick: 32), 4 heads, 4 decoder blocks, 2 groups, the official optimiser and loss (StableAdamW 1e-3, warm-up +
-cosine, clip 0.1, soft-mining gamma=3, coherence 0.2). Baseline: identical bottleneck, decoder depth, loss and
-budget, but a softmax self-attention decoder with residuals and no INPs (Dinomaly-like). Full mode also runs the 4-shot
-setting (4 normal images per texture) against a kNN patch memory (PatchCore-lite, on the same encoder tokens),
-reported as extra metrics. Budgets: quick 96 train images, dim 32, batch 8, 60 iterations, 2 seeds; full 300
-images, dim 64, batch 16 (official), 500 iterations, 3 seeds.
+Data: ``make_anomaly`` textures (brick, grass, gravel), one unified model for all three (the paper's multi-class
+setting); normal-only training images, test images half anomalous (a pasted patch of another texture or a drawn
+line) with pixel masks. Frozen encoder: the card's stand-in for DINOv2, a small conv auto-encoder
+(``ConvEncoder``, stride-2 stem, stages -> a token grid from 2 depths, as the card) pretrained on the normal
+training images; the same encoder feeds both heads. Head: M INPs, multi-head attention, decoder blocks in groups,
+the official optimiser and loss (StableAdamW, warm-up + cosine, gradient clipping, soft-mining, coherence loss).
+Baseline: identical bottleneck, decoder depth, loss and budget, but a softmax self-attention decoder with
+residuals and no INPs (Dinomaly-like). The full tier also reports the zero-shot pixel AUROC and runs the few-shot
+setting (``few_shot`` normal images per texture) against a kNN patch memory (PatchCore-lite, on the same encoder
+tokens), as extra metrics. Every setting is in :class:`Config` (``QUICK`` and ``FULL``), which the report prints.
 
 Claim (fixed before the first run, from the card): INP-Former's pixel AUROC >= the residual decoder's.
 
@@ -25,6 +24,7 @@ the card's direction appears there is open.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -45,16 +45,52 @@ from priorkit.prototypes.inp_former import (
 from priorkit.train import TrainConfig, Trainer
 
 
-def _head(encoder: ConvEncoder, dim: int, decoder: str, seed: int) -> INPFormer:
+@dataclass(frozen=True)
+class Config:
+    """Every number of the run (the report prints it)."""
+
+    n_train: int = 300
+    n_test: int = 150
+    size: int = 32
+    dim: int = 64  # encoder channels = head width
+    encoder_depth: int = 2
+    encoder_stride: int = 2
+    ae_epochs: int = 15  # encoder pretraining
+    ae_batch_size: int = 32
+    ae_lr: float = 2e-3
+    num_inp: int = 6
+    num_heads: int = 4
+    num_decoder_blocks: int = 4
+    encoder_groups: tuple[tuple[int, ...], ...] = ((0,), (1,))
+    decoder_groups: tuple[tuple[int, ...], ...] = ((0, 1), (2, 3))
+    iters: int = 500
+    batch_size: int = 16
+    lr: float = 1e-3
+    final_lr: float = 1e-4
+    warmup_iters: int = 100
+    weight_decay: float = 1e-4
+    grad_clip: float = 0.1
+    gamma: float = 3.0  # soft-mining
+    coherence_weight: float = 0.2
+    zero_shot: bool = True  # also report the method's zero-shot pixel AUROC
+    few_shot: int = 4  # normal images per texture of the few-shot runs (0: not run)
+
+
+FULL = Config()
+QUICK = Config(n_train=96, n_test=60, dim=32, ae_epochs=3, iters=60, batch_size=8, warmup_iters=12, zero_shot=False,
+               few_shot=0)  # fmt: skip
+
+
+def _head(encoder: ConvEncoder, c: Config, decoder: str, seed: int) -> INPFormer:
     seed_everything(seed)
     return INPFormer(
         encoder,
-        dim,
-        num_inp=6,
-        num_heads=4,
-        num_decoder_blocks=4,
-        encoder_groups=((0,), (1,)),
-        decoder_groups=((0, 1), (2, 3)),
+        c.dim,
+        num_inp=c.num_inp,
+        num_heads=c.num_heads,
+        num_decoder_blocks=c.num_decoder_blocks,
+        encoder_groups=c.encoder_groups,
+        decoder_groups=c.decoder_groups,
         decoder=decoder,
     )
 
@@ -83,37 +119,42 @@ def knn_patch_scores(
     return maps, image_score(maps)
 
 
-def _train(model: INPFormer, images: torch.Tensor, *, iters: int, batch: int, seed: int) -> list[dict]:
-    recipe = inp_former_recipe(model, images, iters=iters, batch_size=batch, warmup_iters=min(100, iters // 5))
+def _train(model: INPFormer, images: torch.Tensor, c: Config, seed: int) -> list[dict]:
+    recipe = inp_former_recipe(
+        model, images, iters=c.iters, batch_size=c.batch_size, lr=c.lr, final_lr=c.final_lr,
+        warmup_iters=c.warmup_iters, weight_decay=c.weight_decay, grad_clip=c.grad_clip, gamma=c.gamma,
+        coherence_weight=c.coherence_weight,
+    )  # fmt: skip
     return Trainer(model, None, recipe=recipe, config=TrainConfig(seed=seed, progress=False)).fit()
 
 
-def run(seed: int, quick: bool) -> SeedResult:
-    n_train, iters, batch, dim, ae_epochs = (96, 60, 8, 32, 3) if quick else (300, 500, 16, 64, 15)
-    data = make_anomaly(n_train, 60 if quick else 150, size=32, seed=seed)
+def run(seed: int, c: Config) -> SeedResult:
+    data = make_anomaly(c.n_train, c.n_test, size=c.size, seed=seed)
     seed_everything(seed)
-    encoder = ConvEncoder(channels=dim, depth=2, stride=2)
-    cfg = TrainConfig(batch_size=32, seed=seed, progress=False)
-    Trainer(encoder, None, recipe=pretrain_encoder_recipe(encoder, data.train, epochs=ae_epochs), config=cfg).fit()
+    encoder = ConvEncoder(channels=c.dim, depth=c.encoder_depth, stride=c.encoder_stride)
+    cfg = TrainConfig(batch_size=c.ae_batch_size, seed=seed, progress=False)
+    pretrain = pretrain_encoder_recipe(encoder, data.train, epochs=c.ae_epochs, lr=c.ae_lr)
+    Trainer(encoder, None, recipe=pretrain, config=cfg).fit()
     encoder.eval()
     res: SeedResult = {"method": {}, "baseline": {}, "curves": {}}
     for side, decoder in (("method", "inp"), ("baseline", "self_attention")):
-        model = _head(encoder, dim, decoder, seed)
-        hist = _train(model, data.train, iters=iters, batch=batch, seed=seed)
+        model = _head(encoder, c, decoder, seed)
+        hist = _train(model, data.train, c, seed)
         res[side] = _scores(model, data)
         res["curves"][side] = [h["loss"] for h in hist if "loss" in h]
-        if side == "method" and not quick:
+        if side == "method" and c.zero_shot:
             maps, scores = model.predict(data.test, mode="zero_shot")
             res[side]["zero_shot_pixel_auroc"] = pixel_auroc(maps, data.test_masks)
-    if not quick:  # 4-shot: INP-Former on 4 normal images per texture vs a kNN patch memory of the same images
-        shots = data.few_shot(4, seed=seed)
-        model = _head(encoder, dim, "inp", seed)
-        _train(model, shots, iters=iters, batch=batch, seed=seed)
+    if c.few_shot:  # few-shot: INP-Former on k normal images per texture vs a kNN patch memory of the same images
+        k = c.few_shot
+        shots = data.few_shot(k, seed=seed)
+        model = _head(encoder, c, "inp", seed)
+        _train(model, shots, c, seed)
         few = _scores(model, data)
-        res["method"].update({f"4shot_{k}": v for k, v in few.items()})
+        res["method"].update({f"{k}shot_{m}": v for m, v in few.items()})
         maps, scores = knn_patch_scores(encoder, shots, data.test)
-        res["baseline"]["4shot_image_auroc"] = image_auroc(scores, data.test_labels)
-        res["baseline"]["4shot_pixel_auroc"] = pixel_auroc(maps, data.test_masks)
+        res["baseline"][f"{k}shot_image_auroc"] = image_auroc(scores, data.test_labels)
+        res["baseline"][f"{k}shot_pixel_auroc"] = pixel_auroc(maps, data.test_masks)
     return res
 
 
@@ -143,13 +184,15 @@ EXPERIMENT = Experiment(
     id="inp_former",
     claim="The INP-guided decoder localises anomalies at least as well as a residual self-attention decoder",
     setup=(
-        "generated textures 32x32 (brick/grass/gravel, pasted-patch and line defects), frozen conv-AE encoder "
-        "(DINOv2 stand-in), M=6 dim 64, 4 blocks; 500 iters x 3 seeds (quick: dim 32, 60 iters x 2)"
+        "generated textures (brick/grass/gravel, pasted-patch and line defects), frozen conv-AE encoder "
+        "(DINOv2 stand-in) pretrained on the normal images, INP-Former head vs the same head with a residual decoder"
     ),
-    method_name="INP-Former (M=6)",
+    method_name="INP-Former (M INPs)",
     baseline_name="same head, self-attention decoder with residual (no INPs)",
     checks=[Check("pixel_auroc", "higher", 0.0)],
     run=run,
+    quick=QUICK,
+    full=FULL,
     threads=1,
     seeds=3,
     quick_seeds=2,

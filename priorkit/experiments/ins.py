@@ -1,18 +1,19 @@
 """INS vs naive instance MIL and gated-attention MIL (ABMIL) on digits-as-MIL (card: prototypes-fewshot-ood.md).
 
-Data (card): digits split 50/50 into disjoint train/test pools; digit 9 positive, the rest negative; bags of
-20 instances, positive bags hold 2-4 positives; 100 training and 100 test bags, half positive (instances are
-reused across bags because 100 bags x 20 exceed a pool, see :mod:`priorkit.data.mil`).
+Data (card): digits split into disjoint train/test pools; the positive digit class against the rest; bags of
+instances, positive bags hold a few positives; training and test bags, half positive (instances are reused across
+bags because the bags exceed a pool, see :mod:`priorkit.data.mil`).
 
-Models, same data, seeds and epochs (40 x 3 seeds; quick mode 20 epochs x 2 seeds):
-- INS: MLP encoder 64 -> 128, 2-way classifier, 32-d projection, queue 512, batch 64, prot_start 5, SGD lr 0.01
-  momentum 0.9 wd 1e-3, loss_weight 0.5, w_l 0.5 (bag step in the warm-up epochs), phi 0.95 -> 0.8,
-  bag score = mean p(pos). Views: :func:`priorkit.prototypes.ins.noise_views` (assumption).
+Models, same data, seeds and epochs (every setting is in :class:`Config`, ``QUICK`` and ``FULL``, which the
+report prints):
+- INS: MLP encoder, 2-way classifier, low-dim projection, queue, prototype phase from ``prot_start`` (bag step in
+  the warm-up epochs), SGD, phi schedule, bag score = mean p(pos). Views: :func:`priorkit.prototypes.ins.noise_views`
+  (assumption).
 - naive (the baseline of the checks): the same encoder + 2-way classifier, CE with each instance taking its
   bag's label, same views, optimizer, batch and epochs.
-- ABMIL (Ilse et al. 2018, gated attention): the same encoder, attention 128 -> 64 (tanh x sigmoid) -> 1, bag
-  classifier on the attention-pooled feature, BCE, one bag per step, Adam lr 5e-4 wd 1e-4 (the ABMIL paper's
-  optimizer), 40 epochs. Instance scores = attention weights (as in the card), bag score = bag probability.
+- ABMIL (Ilse et al. 2018, gated attention): the same encoder, gated attention (tanh x sigmoid) -> 1, bag
+  classifier on the attention-pooled feature, BCE, one bag per step, Adam (the ABMIL paper's optimizer), same
+  epochs. Instance scores = attention weights (as in the card), bag score = bag probability.
 
 Rule, fixed before the first run (card's "Expected"): INS instance AUC >= naive + 0.05; INS instance AUC >=
 ABMIL + 0.02 ("a clear margin"); INS bag AUC >= ABMIL - 0.02 ("on par or better"). The ABMIL comparisons are
@@ -39,6 +40,7 @@ far as diagnosed:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
@@ -47,48 +49,89 @@ from priorkit.baselines.mil import GatedABMIL, abmil_recipe, eval_abmil, naive_r
 from priorkit.core.seeding import seed_everything
 from priorkit.data.mil import MILBags, mil_digits
 from priorkit.experiments.base import Check, Experiment, SeedResult
-from priorkit.prototypes.ins import INS, SPEC, INSHook, evaluate, mlp_encoder, noise_views
+from priorkit.prototypes.ins import INS, INSHook, evaluate, mlp_encoder, noise_views
 from priorkit.train import TrainConfig, fit
 
-EPOCHS, BATCH, LR, WD, MOMENTUM = 40, 64, 0.01, 1e-3, 0.9
+
+@dataclass(frozen=True)
+class Config:
+    """Every number of the run (the report prints it); the INS settings are its ``small`` preset."""
+
+    epochs: int = 40
+    batch_size: int = 64
+    positive_classes: tuple[int, ...] = (9,)
+    num_bags: tuple[int, int] = (100, 100)  # training, test bags
+    bag_size: int = 20
+    positives_per_bag: tuple[int, int] = (2, 4)
+    pool_test: float = 0.5  # test fraction of the train/test instance pools
+    hidden: int = 128  # MLP encoder 64 -> hidden
+    low_dim: int = 32
+    queue_size: int = 512
+    moco_m: float = 0.999
+    proto_m: float = 0.9
+    temperature: float = 0.07
+    lr: float = 0.01  # INS and naive: SGD
+    momentum: float = 0.9
+    weight_decay: float = 1e-3
+    prot_start: int = 5
+    phi_range: tuple[float, float] = (0.95, 0.8)
+    loss_weight: float = 0.5
+    w_l: float = 0.5
+    bag_head: str = "mean_prob"
+    aggregator: str = "mean"
+    bag_batch: int = 1
+    abmil_attn_dim: int = 64
+    abmil_lr: float = 5e-4  # Adam, one bag per step
+    abmil_weight_decay: float = 1e-4
 
 
-def train_abmil(bags: MILBags, seed: int, epochs: int) -> GatedABMIL:
+FULL = Config()
+QUICK = Config(epochs=20)
+
+
+def train_abmil(bags: MILBags, seed: int, c: Config) -> GatedABMIL:
     seed_everything(seed)
-    model = GatedABMIL(mlp_encoder(bags.x[0].numel(), 128))
-    fit(model, None, abmil_recipe(bags, epochs), config=TrainConfig(batch_size=1, seed=seed, progress=False))
+    model = GatedABMIL(mlp_encoder(bags.x[0].numel(), c.hidden), feature_dim=c.hidden, attn_dim=c.abmil_attn_dim)
+    recipe = abmil_recipe(bags, c.epochs, lr=c.abmil_lr, weight_decay=c.abmil_weight_decay)
+    fit(model, None, recipe, config=TrainConfig(batch_size=1, seed=seed, progress=False))
     return model
 
 
-def train_naive(bags: MILBags, seed: int, epochs: int) -> nn.Module:
+def train_naive(bags: MILBags, seed: int, c: Config) -> nn.Module:
     seed_everything(seed)
-    model = nn.Sequential(mlp_encoder(bags.x[0].numel(), 128), nn.Linear(128, 2))
-    rec = naive_recipe(epochs, lr=LR, momentum=MOMENTUM, weight_decay=WD, views=noise_views)
-    cfg = TrainConfig(batch_size=BATCH, seed=seed, drop_last=True, progress=False)
+    model = nn.Sequential(mlp_encoder(bags.x[0].numel(), c.hidden), nn.Linear(c.hidden, 2))
+    rec = naive_recipe(c.epochs, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, views=noise_views)
+    cfg = TrainConfig(batch_size=c.batch_size, seed=seed, drop_last=True, progress=False)
     fit(model, bags.instance_dataset(), rec, config=cfg)
     return model.eval()
 
 
-def train_ins(bags: MILBags, seed: int, epochs: int) -> tuple[INS, list[dict[str, float]]]:
+def train_ins(bags: MILBags, seed: int, c: Config) -> tuple[INS, list[dict[str, float]]]:
     seed_everything(seed)
-    model = INS(mlp_encoder(bags.x[0].numel(), 128), feature_dim=128, low_dim=32, queue_size=512)
-    hook = INSHook(bags, **{**SPEC.presets["small"], "epochs": epochs})  # prot_start 5 at this scale
-    hist = fit(model, None, hook.recipe(), hooks=[hook], config=TrainConfig(batch_size=BATCH, seed=seed,
+    model = INS(
+        mlp_encoder(bags.x[0].numel(), c.hidden), feature_dim=c.hidden, low_dim=c.low_dim,
+        queue_size=c.queue_size, moco_m=c.moco_m, proto_m=c.proto_m, temperature=c.temperature,
+    )  # fmt: skip
+    hook = INSHook(
+        bags, epochs=c.epochs, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, prot_start=c.prot_start,
+        phi_range=c.phi_range, loss_weight=c.loss_weight, w_l=c.w_l, bag_head=c.bag_head, aggregator=c.aggregator,
+        bag_batch=c.bag_batch,
+    )  # fmt: skip
+    hist = fit(model, None, hook.recipe(), hooks=[hook], config=TrainConfig(batch_size=c.batch_size, seed=seed,
                                                                             progress=False))  # fmt: skip
     return model.eval(), [h for h in hist if str(h.get("phase", "")).startswith("instance")]
 
 
-def run(seed: int, quick: bool) -> SeedResult:
-    return _run(seed, 20 if quick else EPOCHS)
-
-
-def _run(seed: int, epochs: int) -> SeedResult:
-    data = mil_digits(num_bags=(100, 100), bag_size=20, positives_per_bag=(2, 4), seed=seed)
-    ins_model, history = train_ins(data.train, seed, epochs)
+def run(seed: int, c: Config) -> SeedResult:
+    data = mil_digits(
+        positive_classes=c.positive_classes, num_bags=c.num_bags, bag_size=c.bag_size,
+        positives_per_bag=c.positives_per_bag, test=c.pool_test, seed=seed,
+    )  # fmt: skip
+    ins_model, history = train_ins(data.train, seed, c)
     meth = evaluate(ins_model, data.test)
     meth["bag_auc_max"] = evaluate(ins_model, data.test, "max")["bag_auc"]
-    naive = evaluate(train_naive(data.train, seed, epochs), data.test)
-    abmil = eval_abmil(train_abmil(data.train, seed, epochs), data.test)
+    naive = evaluate(train_naive(data.train, seed, c), data.test)
+    abmil = eval_abmil(train_abmil(data.train, seed, c), data.test)
     meth["instance_auc_gain_vs_abmil"] = meth["instance_auc"] - abmil["instance_auc"]
     meth["bag_auc_gain_vs_abmil"] = meth["bag_auc"] - abmil["bag_auc"]
     base = dict(naive) | {f"abmil_{k}": v for k, v in abmil.items()}
@@ -124,9 +167,9 @@ EXPERIMENT = Experiment(
     id="ins",
     claim="Higher instance AUC than naive instance MIL (>= 5 points) and gated-attention MIL, with bag AUC on par "
     "with or better than attention MIL",
-    setup="digits-as-MIL (9 positive), 100+100 bags of 20 with 2-4 positives; MLP 64-128, 40 epochs; "
-    "3 seeds (quick: 20 epochs x 2)",
-    method_name="INS (prototype pseudo-labels + SupCon, prot_start 5)",
+    setup="digits-as-MIL (one positive digit class), training and test bags with a few positives each; MLP "
+    "encoder; INS, naive instance CE and gated ABMIL on the same data, seeds and epochs",
+    method_name="INS (prototype pseudo-labels + SupCon)",
     baseline_name="naive instance CE (bag label copied); ABMIL reported as abmil_*",
     checks=[
         Check("instance_auc", "higher", 0.05),
@@ -134,6 +177,8 @@ EXPERIMENT = Experiment(
         Check("bag_auc_gain_vs_abmil", "higher", -0.02, against="value"),
     ],
     run=run,
+    quick=QUICK,
+    full=FULL,
     threads=1,
     seeds=3,
     quick_seeds=2,

@@ -1,18 +1,17 @@
 """PALM vs its single-prototype (CIDER-like) variant for OOD detection on digits (card: prototypes-fewshot-ood.md).
 
-Setup (the card's "Small-scale check on CPU"): ID = digits classes 0-4 (70/30 split, ID training samples only);
-near-OOD = the test images of digits 5-9; far-OOD = uniform-noise 8x8 images (as many as the ID test set).
-Encoder MLP 64-256-128, head 128-128-32 + L2 norm; two views per sample (random 1-px shift along each axis +
-Gaussian noise sigma=0.1); 150 epochs, batch 256; the paper's optimiser (SGD Nesterov, lr 0.5, wd 1e-6, 10 warm-up
-epochs, per-step cosine to 1e-3 lr). PALM: M=6 prototypes per class, k=5, tau=0.1, eps=0.05, lambda_pcon=1.
-Prototype momentum m=0.99 (the official constructor's default) instead of the CIFAR 0.999: this run has ~450
-steps, against ~49k in the paper, and with 0.999 the prototypes would cover only a third of their way from the
-random init (0.999^450 = 0.64). Baseline: the same loss with M=1, k=1 (CIDER-like); a CE-trained encoder
-(linear classifier, same views and epochs, SGD 0.1 cosine) is reported beside it under ``ce_*``. All use the
-SSD+ score on the encoder features (PALM's SSD+ with the official centring quirk is reported as
-``*_official_centering``; the class-conditional Mahalanobis score of the CE model as ``ce_cmaha_*``).
-Full mode: 5 seeds x 150 epochs (+ the CE reference); quick mode: 2 seeds x 100 epochs, without the CE
-reference (CPU time on a shared core: about 7 s per seed).
+Setup (the card's "Small-scale check on CPU"): ID = the ID digit classes (70/30 split, ID training samples only);
+near-OOD = the test images of the other digits; far-OOD = uniform-noise 8x8 images (as many as the ID test set).
+MLP encoder + projection head + L2 norm; two views per sample (random pixel shift along each axis + Gaussian
+noise); the paper's optimiser (SGD Nesterov, warm-up epochs, per-step cosine to a fraction of the lr). PALM: M
+prototypes per class, top-k assignment, Sinkhorn, MLE + prototype-contrastive loss. Prototype momentum: the
+official constructor's default instead of the CIFAR 0.999: this run has ~450 steps, against ~49k in the paper,
+and with 0.999 the prototypes would cover only a third of their way from the random init (0.999^450 = 0.64).
+Baseline: the same loss with one prototype per class (CIDER-like); a CE-trained encoder (linear classifier, same
+views and epochs, SGD with cosine decay) is reported beside it under ``ce_*`` when ``Config.ce_reference`` is set
+(full tier only). All use the SSD+ score on the encoder features (PALM's SSD+ with the official centring quirk is
+reported as ``*_official_centering``; the class-conditional Mahalanobis score of the CE model as ``ce_cmaha_*``).
+Every setting is in :class:`Config` (``QUICK`` and ``FULL``), which the report prints.
 
 Rule (fixed before the first run, from the card's "Expected": PALM >= the M=1 variant on near-OOD by roughly 1-3
 AUROC points): near-OOD AUROC of PALM at least 0.01 above the M=1 variant's.
@@ -27,6 +26,7 @@ one prototype per class already separates the held-out digits well; the card war
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -38,11 +38,48 @@ from priorkit.data.ood import ood_split, shift_noise_views
 from priorkit.experiments.base import Check, Experiment, SeedResult
 from priorkit.metrics import auroc, fpr_at_95_tpr
 from priorkit.models import MLP
-from priorkit.prototypes.palm import SPEC, PALMHook, PALMNet, embed
+from priorkit.prototypes.palm import PALMHook, PALMNet, embed
 from priorkit.train import Augment, TrainConfig, Trainer
 
-EPOCHS, QUICK_EPOCHS, BATCH = 150, 100, 256
-_views = partial(shift_noise_views, max_shift=1, sigma=0.1, image_shape=(8, 8))
+
+@dataclass(frozen=True)
+class Config:
+    """Every number of the run (the report prints it); the PALM settings are its ``small`` preset."""
+
+    epochs: int = 150
+    batch_size: int = 256
+    id_classes: tuple[int, ...] = (0, 1, 2, 3, 4)
+    far: tuple[str, ...] = ("uniform",)
+    hidden: tuple[int, ...] = (256, 128)  # encoder MLP 64-256-128
+    head_hidden: int = 128
+    proj_dim: int = 32
+    max_shift: int = 1  # views: random shift (pixels) along each axis
+    sigma: float = 0.1  # views: Gaussian noise
+    num_protos: int = 6
+    k: int = 5
+    baseline_num_protos: int = 1
+    baseline_k: int = 1
+    momentum: float = 0.99  # prototype EMA
+    temperature: float = 0.1
+    epsilon: float = 0.05
+    sinkhorn_iters: int = 3
+    lambda_pcon: float = 1.0
+    pcon_temperature: float = 0.5
+    lr: float = 0.5
+    sgd_momentum: float = 0.9
+    weight_decay: float = 1e-6
+    warmup_epochs: int = 10
+    min_lr_ratio: float = 1e-3
+    ce_reference: bool = True  # also train the CE encoder (reported as ce_*, not part of the rule)
+    ce_lr: float = 0.1
+
+
+FULL = Config()
+QUICK = Config(epochs=100, ce_reference=False)
+
+
+def _views(c: Config) -> partial:
+    return partial(shift_noise_views, max_shift=c.max_shift, sigma=c.sigma, image_shape=(8, 8))
 
 
 def _ood_metrics(s_in: torch.Tensor, s_out: dict[str, torch.Tensor], suffix: str = "") -> dict[str, float]:
@@ -53,12 +90,17 @@ def _ood_metrics(s_in: torch.Tensor, s_out: dict[str, torch.Tensor], suffix: str
     return out
 
 
-def _palm_side(data, seed: int, m: int, k: int, epochs: int) -> dict[str, float]:  # noqa: ANN001
+def _palm_side(data, seed: int, c: Config, m: int, k: int) -> dict[str, float]:  # noqa: ANN001
     seed_everything(seed)
-    net = PALMNet(MLP(64, (256, 128), data.num_classes), proj_dim=32, hidden=128)
-    settings = {**SPEC.presets["small"], "num_protos": m, "k": k, "epochs": epochs}  # momentum 0.99 at this scale
-    hook = PALMHook(data.num_classes, 32, **settings, seed=seed, augment=_views)
-    cfg = TrainConfig(epochs=epochs, batch_size=BATCH, seed=seed, progress=False)
+    net = PALMNet(MLP(64, c.hidden, data.num_classes), proj_dim=c.proj_dim, hidden=c.head_hidden)
+    settings = dict(
+        num_protos=m, k=k, momentum=c.momentum, temperature=c.temperature, epsilon=c.epsilon,
+        sinkhorn_iters=c.sinkhorn_iters, lambda_pcon=c.lambda_pcon, pcon_temperature=c.pcon_temperature,
+        epochs=c.epochs, lr=c.lr, sgd_momentum=c.sgd_momentum, weight_decay=c.weight_decay,
+        warmup_epochs=c.warmup_epochs, min_lr_ratio=c.min_lr_ratio,
+    )  # fmt: skip
+    hook = PALMHook(data.num_classes, c.proj_dim, **settings, seed=seed, augment=_views(c))
+    cfg = TrainConfig(epochs=c.epochs, batch_size=c.batch_size, seed=seed, progress=False)
     hist = Trainer(net, data.train, recipe=hook.recipe(), hooks=[hook], config=cfg).fit()
     fit = ssd_fit(embed(net, data.train.x))
     s_in = ssd_score(fit, embed(net, data.test.x))
@@ -71,11 +113,13 @@ def _palm_side(data, seed: int, m: int, k: int, epochs: int) -> dict[str, float]
     return res
 
 
-def _ce_side(data, seed: int) -> dict[str, float]:  # noqa: ANN001
+def _ce_side(data, seed: int, c: Config) -> dict[str, float]:  # noqa: ANN001
     seed_everything(seed)
-    model = MLP(64, (256, 128), data.num_classes)
-    cfg = TrainConfig(epochs=EPOCHS, batch_size=BATCH, lr=0.1, scheduler="cosine", seed=seed, progress=False)
-    Trainer(model, data.train, hooks=[Augment(lambda x: _views(x))], config=cfg).fit()
+    model = MLP(64, c.hidden, data.num_classes)
+    cfg = TrainConfig(epochs=c.epochs, batch_size=c.batch_size, lr=c.ce_lr, scheduler="cosine", seed=seed,
+                      progress=False)  # fmt: skip
+    views = _views(c)
+    Trainer(model, data.train, hooks=[Augment(lambda x: views(x))], config=cfg).fit()
     model.eval()
     with torch.no_grad():
         f_tr, f_te = model.features(data.train.x), model.features(data.test.x)
@@ -93,13 +137,12 @@ def _ce_side(data, seed: int) -> dict[str, float]:  # noqa: ANN001
     return {f"ce_{k}": v for k, v in res.items()}
 
 
-def run(seed: int, quick: bool) -> SeedResult:
-    data = ood_split("digits", id_classes=(0, 1, 2, 3, 4), far=("uniform",), seed=seed)
-    epochs = QUICK_EPOCHS if quick else EPOCHS
-    method = _palm_side(data, seed, m=6, k=5, epochs=epochs)
-    baseline = _palm_side(data, seed, m=1, k=1, epochs=epochs)
-    if not quick:  # the CE reference is reported in full mode only (it is not part of the rule)
-        baseline.update(_ce_side(data, seed))
+def run(seed: int, c: Config) -> SeedResult:
+    data = ood_split("digits", id_classes=c.id_classes, far=c.far, seed=seed)
+    method = _palm_side(data, seed, c, m=c.num_protos, k=c.k)
+    baseline = _palm_side(data, seed, c, m=c.baseline_num_protos, k=c.baseline_k)
+    if c.ce_reference:  # the CE reference (not part of the rule)
+        baseline.update(_ce_side(data, seed, c))
     return {"method": method, "baseline": baseline}
 
 
@@ -129,12 +172,14 @@ EXPERIMENT = Experiment(
     id="palm",
     claim="A mixture of prototypes per class (M=6, k=5) gives a higher near-OOD AUROC than one prototype per class "
     "(by roughly 1-3 points)",
-    setup="digits ID 0-4, near-OOD 5-9, far-OOD uniform noise; MLP 64-256-128 + head 128-128-32; 2 views (1-px "
-    "shift + noise); 150 epochs, batch 256, SGD Nesterov lr 0.5; SSD+ score; 5 seeds (quick: 2 x 100 epochs)",
-    method_name="PALM (M=6, k=5)",
-    baseline_name="single prototype per class (M=1, k=1)",
+    setup="digits: ID classes, near-OOD = the other digits, far-OOD uniform noise; MLP encoder + projection head; "
+    "two views (pixel shift + noise); SGD Nesterov with warm-up and per-step cosine; SSD+ score",
+    method_name="PALM (mixture of prototypes per class, top-k assignment)",
+    baseline_name="single prototype per class (CIDER-like)",
     checks=[Check("auroc_near", "higher", 0.01)],
     run=run,
+    quick=QUICK,
+    full=FULL,
     threads=1,
     seeds=5,
     quick_seeds=2,

@@ -1,17 +1,18 @@
 """ProtoGCD vs GCD (contrastive features + semi-supervised k-means) on digits (card: prototypes-fewshot-ood.md).
 
-Setup (the card's "Small-scale check on CPU"): scikit-learn digits (70/30 split); old classes 0-4 with 50% of their
-training samples labelled; new classes 5-9 all unlabelled. Backbone MLP 64-256-128 (trainable); projector
-128-256-256-64 (the paper's 768-2048-2048-256 scaled to the backbone); two views per sample (random 1-px shift
-along each axis + Gaussian noise sigma=0.1); the balanced labelled/unlabelled sampler; batch 128; SGD lr 0.1
-momentum 0.9 wd 5e-5, cosine to 1e-4. ProtoGCD: K=10 prototypes, tau=0.1, tau_t=0.05, r 0 -> 1 over the first
-half of training, lam=0.35, w_ent=2, w_sep=0.1. Baseline (a), GCD-style: the same backbone, projector, views and
-budget trained with (1-lam) SimCLR + lam SupCon only, then semi-supervised k-means (K=10) on the L2-normalised
-backbone features (labelled samples pinned to their class's cluster, k-means++ for the new clusters, 100
-iterations). Also reported (in the method column, ``ablation_*``): ProtoGCD with r fixed at 0 and w_ent = w_sep
-= 0, which the card expects to collapse new classes onto old ones. Metric: All / Old / New accuracy on the
-unlabelled training samples after one Hungarian match (GCD "v2"); ``test_*`` on the disjoint test split.
-Full mode: 100 epochs (ramp 50) x 3 seeds; quick mode: 40 epochs (ramp 20) x 2 seeds, without the ablation.
+Setup (the card's "Small-scale check on CPU"): scikit-learn digits (70/30 split); the old classes with a fraction
+of their training samples labelled; the new classes all unlabelled. Backbone MLP (trainable); projector (the
+paper's 768-2048-2048-256 scaled to the backbone); two views per sample (random pixel shift along each axis +
+Gaussian noise); the balanced labelled/unlabelled sampler; SGD with momentum and weight decay, cosine decay.
+ProtoGCD: one prototype per class, DAPL ratio r ramped from r0 to r1 over ``ramp`` epochs, entropy and
+separation terms. Baseline (a), GCD-style: the same backbone, projector, views and budget trained with
+(1-lam) SimCLR + lam SupCon only, then semi-supervised k-means (K = number of classes) on the L2-normalised
+backbone features (labelled samples pinned to their class's cluster, k-means++ for the new clusters). Also
+reported (in the method column, ``ablation_*``, when ``Config.ablation`` is set: full tier only): ProtoGCD with
+r fixed (``ablation_r1``) and without the debiasing terms, which the card expects to collapse new classes onto
+old ones. Metric: All / Old / New accuracy on the unlabelled training samples after one Hungarian match (GCD
+"v2"); ``test_*`` on the disjoint test split. Every setting is in :class:`Config` (``QUICK`` and ``FULL``), which
+the report prints.
 
 Rule (fixed before the first run, from the card's "Expected": ProtoGCD "All" >= (a) by several points, with a
 smaller Old-New gap): All accuracy at least 0.02 above the baseline's, and |Old - New| not larger.
@@ -27,6 +28,7 @@ The paper's "more balanced" claim is against SimGCD, which is not built here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -42,8 +44,46 @@ from priorkit.models import MLP
 from priorkit.prototypes.protogcd import ProtoGCD, ProtoGCDRecipe
 from priorkit.train import TrainConfig, fit
 
-PROJ = (256, 256, 64)
-_views = partial(shift_noise_views, max_shift=1, sigma=0.1, image_shape=(8, 8))
+
+@dataclass(frozen=True)
+class Config:
+    """Every number of the run (the report prints it)."""
+
+    epochs: int = 100
+    ramp: int = 50  # epochs of the DAPL ratio ramp r0 -> r1
+    batch_size: int = 128
+    old_classes: tuple[int, ...] = (0, 1, 2, 3, 4)
+    prop_labelled: float = 0.5
+    hidden: tuple[int, ...] = (256, 128)  # backbone MLP 64-256-128
+    proj_dims: tuple[int, ...] = (256, 256, 64)
+    max_shift: int = 1  # views: random shift (pixels) along each axis
+    sigma: float = 0.1  # views: Gaussian noise
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-5
+    tau: float = 0.1
+    tau_t: float = 0.05
+    r0: float = 0.0
+    r1: float = 1.0
+    wait: int = 0
+    lam: float = 0.35
+    w_ent: float = 2.0
+    w_sep: float = 0.1
+    tau_unsup: float = 1.0
+    tau_sup: float = 0.07
+    kmeans_iters: int = 100
+    ablation: bool = True  # also train the ablation (b), reported as ablation_*
+    ablation_r1: float = 0.0
+    ablation_w_ent: float = 0.0
+    ablation_w_sep: float = 0.0
+
+
+FULL = Config()
+QUICK = Config(epochs=40, ramp=20, ablation=False)
+
+
+def _views(c: Config) -> partial:
+    return partial(shift_noise_views, max_shift=c.max_shift, sigma=c.sigma, image_shape=(8, 8))
 
 
 def semi_supervised_kmeans(
@@ -81,36 +121,39 @@ def _scores(pred: torch.Tensor, y: torch.Tensor, old: torch.Tensor, prefix: str 
     }
 
 
-def _train(data, seed: int, settings: dict) -> ProtoGCD:  # noqa: ANN001
+def _train(data, seed: int, c: Config, **overrides) -> ProtoGCD:  # noqa: ANN001, ANN003
     seed_everything(seed)
-    model = ProtoGCD(MLP(64, (256, 128), data.num_classes), data.num_classes, proj_dims=PROJ)
-    recipe = ProtoGCDRecipe(data.train_labelled_mask, **settings, augment=_views)
-    fit(model, data.train, recipe, config=TrainConfig(epochs=settings["epochs"], batch_size=128, seed=seed,
+    model = ProtoGCD(MLP(64, c.hidden, data.num_classes), data.num_classes, proj_dims=c.proj_dims)
+    settings = dict(
+        epochs=c.epochs, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, tau=c.tau, tau_t=c.tau_t,
+        r0=c.r0, r1=c.r1, ramp=c.ramp, wait=c.wait, lam=c.lam, w_ent=c.w_ent, w_sep=c.w_sep,
+        tau_unsup=c.tau_unsup, tau_sup=c.tau_sup,
+    )  # fmt: skip
+    recipe = ProtoGCDRecipe(data.train_labelled_mask, **{**settings, **overrides}, augment=_views(c))
+    fit(model, data.train, recipe, config=TrainConfig(epochs=c.epochs, batch_size=c.batch_size, seed=seed,
                                                      progress=False))  # fmt: skip
     return model
 
 
-def run(seed: int, quick: bool) -> SeedResult:
-    data = gcd_split("digits", old_classes=(0, 1, 2, 3, 4), prop_labelled=0.5, seed=seed)
-    epochs = 40 if quick else 100
-    base = dict(epochs=epochs, ramp=epochs // 2, lr=0.1, weight_decay=5e-5)
+def run(seed: int, c: Config) -> SeedResult:
+    data = gcd_split("digits", old_classes=c.old_classes, prop_labelled=c.prop_labelled, seed=seed)
     unl, old_u = data.unlabelled, data.unlabelled_old_mask
     # method
-    model = _train(data, seed, base)
+    model = _train(data, seed, c)
     method = _scores(model.predict(unl.x), unl.y, old_u)
     method.update(_scores(model.predict(data.test.x), data.test.y, data.test_old_mask, "test_"))
-    if not quick:  # ablation (b): no ratio ramp, no debiasing terms (full mode only, for time)
-        abl = _train(data, seed, {**base, "r1": 0.0, "w_ent": 0.0, "w_sep": 0.0})
+    if c.ablation:  # ablation (b): no ratio ramp, no debiasing terms (full tier only, for time)
+        abl = _train(data, seed, c, r1=c.ablation_r1, w_ent=c.ablation_w_ent, w_sep=c.ablation_w_sep)
         method.update(_scores(abl.predict(unl.x), unl.y, old_u, "ablation_"))
     # baseline (a): contrastive representation + semi-supervised k-means
-    gcd = _train(data, seed, {**base, "objective": "contrastive"})
+    gcd = _train(data, seed, c, objective="contrastive")
     gcd.eval()
     with torch.no_grad():
         feats = torch.cat([gcd.features(data.train.x), gcd.features(data.test.x)])
     n_tr = len(data.train)
     lab = torch.cat([data.train_labelled_mask, torch.zeros(len(data.test), dtype=torch.bool)])
     y_all = torch.cat([data.train.y, data.test.y])
-    assign = semi_supervised_kmeans(feats, lab, y_all, data.num_classes, seed=seed)
+    assign = semi_supervised_kmeans(feats, lab, y_all, data.num_classes, iters=c.kmeans_iters, seed=seed)
     pred_u = assign[:n_tr][~data.train_labelled_mask]
     baseline = _scores(pred_u, unl.y, old_u)
     baseline.update(_scores(assign[n_tr:], data.test.y, data.test_old_mask, "test_"))
@@ -143,12 +186,14 @@ EXPERIMENT = Experiment(
     id="protogcd",
     claim="Unified, debiased prototypes give higher All accuracy than contrastive features + semi-supervised "
     "k-means, with a smaller Old-New gap",
-    setup="digits GCD: old 0-4 (50% labelled), new 5-9; MLP 64-256-128 + projector 128-256-256-64; 2 views (1-px "
-    "shift + noise); batch 128, SGD 0.1 cosine; 100 epochs x 3 seeds (quick: 40 x 2)",
+    setup="digits GCD: old classes partly labelled, new classes unlabelled; MLP backbone + projector; two views "
+    "(pixel shift + noise); balanced labelled/unlabelled sampler; SGD with cosine decay",
     method_name="ProtoGCD (DAPL + L_ent + L_sep + SimCLR/SupCon)",
     baseline_name="GCD (SupCon + SimCLR, semi-supervised k-means)",
     checks=[Check("all_acc", "higher", 0.02), Check("old_new_gap", "lower", 0.0)],
     run=run,
+    quick=QUICK,
+    full=FULL,
     threads=1,
     seeds=3,
     quick_seeds=2,
