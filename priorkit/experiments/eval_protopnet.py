@@ -3,25 +3,25 @@
 
 Data: ``parts`` 32x32 RGB, 4 classes (2 diagnostic parts + 1 distractor per image, random places); keypoints are
 the part centres (``PartsData.keypoints``, all 13 part types, visible when present). Both models: the same Conv4
-backbone (two max-pools: a 16x16 shallow map after the first block, an 8x8 deep map), trained from scratch,
-D = 32, K = 4 prototypes per class, the same epochs, warm epochs, batch size, learning rates (warm: add-on and
-prototypes 3e-3, backbone frozen; joint: backbone 1e-3 since it is not pretrained, add-on and prototypes 3e-3,
-wd 1e-3 on backbone and add-on) and StepLR (step 3 quick / 7 full, gamma 0.2; the repo's 3 over 7 joint epochs).
+backbone (two max-pools: a 16x16 shallow map after the first block, an 8x8 deep map), trained from scratch, the
+same D, K prototypes per class, epochs, warm epochs, batch size, learning rates (warm: add-on and prototypes,
+backbone frozen; joint: the backbone at a from-scratch lr since it is not pretrained, add-on and prototypes,
+weight decay on backbone and add-on) and StepLR (the repo's step over joint epochs, scaled to the budget).
 
 * Method: :class:`~priorkit.prototypes.eval_protopnet.EvalProtoPNet` with the official loss (CE + 0.8 Clst - 0.08
-  Sep + 1e-4 Orth + 0.5 L_align, L_align after the warm epochs, tau = 0.1), SA head (theta lr 1e-6), prototypes
-  re-normalised after every step, shallow layer ``body.0``, no push.
+  Sep + 1e-4 Orth + 0.5 L_align, L_align after the warm epochs, tau = 0.1), SA head (its own theta lr),
+  prototypes re-normalised after every step, shallow layer ``body.0``, no push.
 * Baseline: priorkit's :class:`~priorkit.prototypes.protopnet.ProtoPNet` (regular add-on, L2 + log activation,
-  official loss), with a push after the last epoch and then last-layer epochs (5 quick / 10 full), so the scored
-  model is the interpretable, pushed one.
+  official loss), with a push after the last epoch and then last-layer epochs, so the scored model is the
+  interpretable, pushed one.
 * Scores (:mod:`priorkit.metrics.interpretability`) on the test split: own-class prototypes' maps (EvalProtoPNet:
-  projection maps; ProtoPNet: log-similarity maps), bicubic upsampling, box half-size 4 px (card), part
-  threshold 0.8, stability noise N(0, 0.2^2) added to the model input (both models take raw [0, 1] images, so
+  projection maps; ProtoPNet: log-similarity maps), bicubic upsampling, the card's box half-size, a part
+  threshold, stability noise N(0, std^2) added to the model input (both models take raw [0, 1] images, so
   "normalised space" is the image space here), noise seed = run seed.
 
-Budget (fixed before the first run): quick: 240 training / 200 test images, Conv4 width 16, 8 epochs (2 warm),
-batch 32, 2 seeds. Full: 1,200 / 400 images, width 32, 25 epochs (5 warm), batch 32, 3 seeds; full mode also
-trains the ablation (the same EvalProtoPNet without SDFA) and reports it as ``nosdfa_*`` in the method's metrics.
+Every setting is in :class:`Config` (``QUICK`` and ``FULL``, fixed before the first run), which the report
+prints; the full tier also trains the ablation (the same EvalProtoPNet without SDFA) and reports it as ``nosdfa_*``
+in the method's metrics.
 
 Claim and rule (fixed before the first run): the improved model's consistency is at least 5 points above
 ProtoPNet's and its stability at least 2 points above (scores on 0..100). Accuracy is reported, not checked.
@@ -51,6 +51,7 @@ SA, no push), not from the alignment loss.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -73,19 +74,51 @@ from priorkit.prototypes.protopnet_base import upsample_map
 from priorkit.train import predict
 
 N_CLASSES = 4
-HALF_SIZE = 4.0
-PART_THRESH = 0.8
-NOISE_STD = 0.2
 
 
-def _cfg(quick: bool) -> dict:
-    if quick:
-        return dict(n_train=240, n_test=200, width=16, dim=32, k=4, epochs=8, warm=2, step=3, ll=5, ablation=False)
-    return dict(n_train=1200, n_test=400, width=32, dim=32, k=4, epochs=25, warm=5, step=7, ll=10, ablation=True)
+@dataclass(frozen=True)
+class Config:
+    """Every number of the run (the report prints it). Both arms share the Conv4 / prototype / schedule fields;
+    the ProtoPNet baseline reads them through :func:`~priorkit.experiments.protopnet.train_protopnet`."""
+
+    n_train: int = 1200
+    n_val: int = 50
+    n_test: int = 400
+    width: int = 32  # Conv4 width
+    dim: int = 32  # prototype dimension D
+    k: int = 4  # prototypes per class
+    epochs: int = 25
+    warm_epochs: int = 5
+    step_size: int = 7  # joint StepLR step (the repo's 3 over 7 joint epochs, scaled)
+    gamma: float = 0.2  # joint StepLR factor
+    last_layer_epochs: int = 10  # ProtoPNet's last-layer epochs after its push
+    batch_size: int = 32
+    backbone_lr: float = 1e-3  # joint lrs (the backbone's: from scratch)
+    add_on_lr: float = 3e-3
+    prototype_lr: float = 3e-3
+    sa_lr: float = 1e-6  # EvalProtoPNet's SA theta
+    ablation: bool = True  # also train EvalProtoPNet without SDFA (``nosdfa_*``)
+    half_size: float = 4.0  # box half-size in pixels (card)
+    part_thresh: float = 0.8
+    noise_std: float = 0.2  # stability noise
+
+    @property
+    def push_start(self) -> int:
+        """ProtoPNet's one push: after the last epoch."""
+        return self.epochs - 1
+
+    @property
+    def push_every(self) -> int:
+        return self.epochs - 1
+
+
+FULL = Config()
+QUICK = Config(n_train=240, n_test=200, width=16, epochs=8, warm_epochs=2, step_size=3, last_layer_epochs=5,
+               ablation=False)  # fmt: skip
 
 
 @torch.no_grad()
-def _scores(model: torch.nn.Module, test, seed: int) -> dict[str, float]:
+def _scores(model: torch.nn.Module, test, c: Config, seed: int) -> dict[str, float]:
     model.eval()
     s = interpretability_scores(
         model.similarity_maps,
@@ -93,9 +126,9 @@ def _scores(model: torch.nn.Module, test, seed: int) -> dict[str, float]:
         test.keypoints(),
         test.labels,
         N_CLASSES,
-        half_size=HALF_SIZE,
-        part_thresh=PART_THRESH,
-        noise_std=NOISE_STD,
+        half_size=c.half_size,
+        part_thresh=c.part_thresh,
+        noise_std=c.noise_std,
         seed=seed,
     )
     # predict restores the module mode; the model is in eval mode here already (set above; the recipe's fit
@@ -103,15 +136,16 @@ def _scores(model: torch.nn.Module, test, seed: int) -> dict[str, float]:
     return {**s, "acc": accuracy(predict(model, test.images, batch_size=500), test.labels)}
 
 
-def _train_eval(train, c: dict, seed: int, align: bool) -> EvalProtoPNet:
+def _train_eval(train, c: Config, seed: int, align: bool) -> EvalProtoPNet:
     seed_everything(seed)
-    model = EvalProtoPNet(Conv4(3, c["width"], N_CLASSES, pools=2), N_CLASSES, c["k"], c["dim"], align=align)
+    model = EvalProtoPNet(Conv4(3, c.width, N_CLASSES, pools=2), N_CLASSES, c.k, c.dim, align=align)
     schedule = default_schedule(
-        c["epochs"],
-        c["warm"],
-        step_size=c["step"],
-        batch_size=32,
-        joint_lrs={"backbone": 1e-3, "add_on": 3e-3, "prototypes": 3e-3, "sa": 1e-6},
+        c.epochs,
+        c.warm_epochs,
+        step_size=c.step_size,
+        gamma=c.gamma,
+        batch_size=c.batch_size,
+        joint_lrs={"backbone": c.backbone_lr, "add_on": c.add_on_lr, "prototypes": c.prototype_lr, "sa": c.sa_lr},
     )
     train_prototype_recipe(
         model, train.images, train.labels, schedule, seed, loss=make_loss_fn(), after_step=renormalize_prototypes
@@ -119,30 +153,31 @@ def _train_eval(train, c: dict, seed: int, align: bool) -> EvalProtoPNet:
     return model
 
 
-def _train_protopnet(train, c: dict, seed: int):
-    last = c["epochs"] - 1  # one push, after the last epoch
-    pc = dict(c, push_start=last, push_every=last)
+def _train_protopnet(train, c: Config, seed: int):
+    # one push, after the last epoch (``c.push_start``); the same StepLR as the method
     model, push, _ = train_protopnet(
-        train.images, train.labels, pc, 3, N_CLASSES, seed, joint_step_size=c["step"], joint_gamma=0.2, batch_size=32
+        train.images, train.labels, c, 3, N_CLASSES, seed, joint_step_size=c.step_size, joint_gamma=c.gamma
     )
     return model, push
 
 
-def run(seed: int, quick: bool) -> SeedResult:
-    c = _cfg(quick)
-    train, _, test = parts_splits(c["n_train"], 50, c["n_test"], seed=seed, n_classes=N_CLASSES)
+def run(seed: int, c: Config) -> SeedResult:
+    train, _, test = parts_splits(c.n_train, c.n_val, c.n_test, seed=seed, n_classes=N_CLASSES)
     model = _train_eval(train, c, seed, align=True)
-    meth = _scores(model, test, seed)
-    if c["ablation"]:
-        abl = _scores(_train_eval(train, c, seed, align=False), test, seed)
+    meth = _scores(model, test, c, seed)
+    if c.ablation:
+        abl = _scores(_train_eval(train, c, seed, align=False), test, c, seed)
         meth.update({f"nosdfa_{k}": v for k, v in abl.items()})
     base_model, base_push = _train_protopnet(train, c, seed)
-    base = _scores(base_model, test, seed)
+    base = _scores(base_model, test, c, seed)
     return {
         "method": meth,
         "baseline": base,
-        "curves": {"model": model, "base_model": base_model, "base_push": base_push, "train": train, "test": test},
-    }
+        "curves": {
+            "model": model, "base_model": base_model, "base_push": base_push, "train": train, "test": test,
+            "half_size": c.half_size,
+        },
+    }  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -175,8 +210,8 @@ def _score_figure(results: list[SeedResult], path: Path) -> Path:
 
 
 @torch.no_grad()
-def _argmax_figure(models: dict, test, path: Path, n_images: int = 6) -> Path:
-    """Each model's own-class prototype boxes (argmax of the upsampled map, half-size 4) on class-0 test images,
+def _argmax_figure(models: dict, test, path: Path, half_size: float, n_images: int = 6) -> Path:
+    """Each model's own-class prototype boxes (argmax of the upsampled map, ``half_size``) on class-0 test images,
     with the part keypoints: a consistent prototype keeps its box on the same part across the row."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
@@ -200,9 +235,9 @@ def _argmax_figure(models: dict, test, path: Path, n_images: int = 6) -> Path:
                 y, x = divmod(flat, up.shape[-1])
                 ax.add_patch(
                     Rectangle(
-                        (x - HALF_SIZE - 0.5, y - HALF_SIZE - 0.5),
-                        2 * HALF_SIZE + 1,
-                        2 * HALF_SIZE + 1,
+                        (x - half_size - 0.5, y - half_size - 0.5),
+                        2 * half_size + 1,
+                        2 * half_size + 1,
                         fill=False,
                         edgecolor=colours[j % len(colours)],
                         linewidth=1.0,
@@ -232,7 +267,8 @@ def plot(results: list[SeedResult], outdir: Path) -> list[Path]:
     if "model" not in art:
         return paths
     model, base, train, test = art["model"], art["base_model"], art["train"], art["test"]
-    paths.append(_argmax_figure({"EvalProtoPNet": model, "ProtoPNet": base}, test, outdir / "eval_protopnet_boxes.png"))
+    models = {"EvalProtoPNet": model, "ProtoPNet": base}
+    paths.append(_argmax_figure(models, test, outdir / "eval_protopnet_boxes.png", art["half_size"]))
     names = [f"{c}: " + " + ".join(test.part_names[i] for i in test.class_parts[c].tolist()) for c in range(N_CLASSES)]
     push = visual_push(model, train.images, train.labels)
     paths.append(
@@ -276,16 +312,18 @@ def plot(results: list[SeedResult], outdir: Path) -> list[Path]:
 EXPERIMENT = Experiment(
     id="eval_protopnet",
     claim="SDFA + SA (on a TesNet-style ProtoPNet) give higher consistency and stability scores than ProtoPNet",
-    setup="parts 32x32, 4 classes; same Conv4 backbone (16x16 shallow, 8x8 deep map), D=32, K=4, same epochs / lrs / "
-    "StepLR; EvalProtoPNet (official loss, SA head, no push) vs ProtoPNet (pushed + last layer); scores on test "
-    "keypoints, half-size 4 px, threshold 0.8, noise std 0.2; 25 epochs x 3 seeds, 1200 images (quick: 8 x 2, 240)",
+    setup="parts 32x32, 4 classes; same Conv4 backbone (16x16 shallow, 8x8 deep map), prototypes, epochs, lrs and "
+    "StepLR; EvalProtoPNet (official loss, SA head, no push) vs ProtoPNet (pushed + last layer); consistency and "
+    "stability on the test keypoints; the full tier adds the no-SDFA ablation",
     method_name="EvalProtoPNet (SDFA + SA)",
     baseline_name="ProtoPNet",
     checks=[Check("consistency", "higher", 5.0), Check("stability", "higher", 2.0)],
     run=run,
+    quick=QUICK,
+    full=FULL,
     seeds=3,
     quick_seeds=2,
     plot=plot,
     notes="consistency / stability on 0..100 (the paper's scale); acc is test accuracy (reported, not checked); "
-    "nosdfa_* (full mode) is the same model trained without the alignment loss.",
+    "nosdfa_* (full tier) is the same model trained without the alignment loss.",
 )

@@ -4,21 +4,20 @@ prototypes-interpretable.md, "explaining_prototypes", "Small-scale check on CPU"
 Data (the card's synthetic check, generated here): 32x32 RGB, one filled shape (disc, square, triangle; side
 9-13 px, the ``parts`` shape templates) at a random place on grey uniform-noise texture. Set A: the class is
 the shape's hue (0, 1/3, 2/3 of the circle; saturation 0.85, value 0.9) and the shape is random. Set B: the
-class is the shape and the hue is uniform on the circle. One tiny ProtoPNet per set (Conv4 width 16 with two
-pools -> 8x8 map, D 16, 3 prototypes per class, official loss and warm / joint / push / last-layer schedule
-from :mod:`priorkit.prototypes.protopnet`), then the six official perturbations (shape warp rescaled to A = 1
-px, w = 0.35; texture = NL-means h = 4 at 7/21 windows), local Delta at the original argmax and the
-similarity-weighted global importance G over the push (training) images; G on test images too for the
-train-vs-test Welch test. In full mode the ``parts`` data set (4 classes, 1,600 images) is explained as well
-and G is broken down by the part type each prototype was pushed onto (descriptive, no rule).
+class is the shape and the hue is uniform on the circle. One tiny ProtoPNet per set (Conv4 with two pools ->
+8x8 map, official loss and warm / joint / push / last-layer schedule from :mod:`priorkit.prototypes.protopnet`),
+then the six official perturbations (shape warp rescaled to A = 1 px, w = 0.35; texture = NL-means h = 4 at 7/21
+windows), local Delta at the original argmax and the similarity-weighted global importance G over the push
+(training) images; G on test images too for the train-vs-test Welch test. In the full tier the ``parts`` data
+set (4 classes) is explained as well and G is broken down by the part type each prototype was pushed onto
+(descriptive, no rule).
 
 Claim and rule (fixed before the first run): "method" = the Set A model, "baseline" = the Set B model, metric
 ``hue_minus_shape`` = mean over prototypes of G_hue - G_shape. Passes when (1) A's hue_minus_shape >= B's and
 (2) ``flip_margin`` = min(A: G_hue - G_shape, B: G_shape - G_hue) (prototype means) >= 0, i.e. hue ranks above
 shape on A and below it on B (the card: "the ranking should flip between the sets").
-Budget: quick 240 training images per set, 8 epochs (1 warm, push at 7) + 5 last-layer epochs, G over 64
-training and 32 test images (NL-means is the cost), 2 seeds; full 600 images, 16 epochs (2 warm, push at 15),
-10 last-layer epochs, G over 300 / 150 images, 3 seeds.
+Budget: every setting is in :class:`Config` (``QUICK`` and ``FULL``), which the report prints; G runs over a
+subset of the training and test images (NL-means is the cost).
 
 First runs (2026-11-28, 2-core machine shared with several jobs, load ~9-10). Quick (2 seeds, ``priorkit
 bench --quick``): NOT reproduced. hue_minus_shape A -0.102 +- 0.077 vs B -0.528 +- 0.060, so rule (1) passes
@@ -39,6 +38,7 @@ bench took 465 s wall under the load); full seed 0 took 360 s CPU (parts trainin
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -80,17 +80,47 @@ def shape_hue_set(n: int, by: str, seed: int, size: int = 32) -> tuple[torch.Ten
     return torch.from_numpy(imgs), torch.from_numpy(labels.astype(np.int64))
 
 
-def _cfg(quick: bool) -> dict:
-    if quick:
-        return dict(n=240, epochs=8, warm=1, push=7, ll=5, n_explain=64, n_test=32, n_acc=150)
-    return dict(n=600, epochs=16, warm=2, push=15, ll=10, n_explain=300, n_test=150, n_acc=300)
+@dataclass(frozen=True)
+class Config:
+    """Every number of the run (the report prints it). The ProtoPNet fields (``width`` ... ``prototype_lr``) are
+    the ones :func:`~priorkit.experiments.protopnet.train_protopnet` reads."""
+
+    n_train: int = 600  # training images per set
+    n_acc: int = 300  # test images for the accuracy (the test set has max(n_acc, n_explain_test) images)
+    n_explain: int = 300  # training images G runs over
+    n_explain_test: int = 150  # test images G runs over (Welch test)
+    width: int = 16  # Conv4 width
+    dim: int = 16  # prototype dimension D
+    k: int = 3  # prototypes per class
+    epochs: int = 16
+    warm_epochs: int = 2
+    push_start: int = 15
+    push_every: int = 15
+    last_layer_epochs: int = 10
+    batch_size: int = 32
+    backbone_lr: float = 1e-3  # joint lrs (the family's from-scratch setting)
+    add_on_lr: float = 3e-3
+    prototype_lr: float = 3e-3
+    # the parts data set, explained too (descriptive), with its own epochs / push
+    parts: bool = True
+    parts_n_train: int = 1600
+    parts_n_val: int = 10
+    parts_n_test: int = 300
+    parts_epochs: int = 21
+    parts_warm_epochs: int = 5
+    parts_push: int = 20
 
 
-def _train(x: torch.Tensor, y: torch.Tensor, n_classes: int, c: dict, seed: int):
-    """A tiny ProtoPNet (Conv4 width 16, D 16, 3 prototypes per class), the family's recipe, batch 32."""
-    pc = dict(width=16, dim=16, k=3, epochs=c["epochs"], warm=c["warm"], push_start=c["push"], push_every=c["push"],
-              ll=c["ll"])  # fmt: skip
-    model, push, _ = train_protopnet(x, y, pc, 3, n_classes, seed, batch_size=32)
+FULL = Config()
+QUICK = Config(
+    n_train=240, n_acc=150, n_explain=64, n_explain_test=32, epochs=8, warm_epochs=1, push_start=7, push_every=7,
+    last_layer_epochs=5, parts=False,
+)  # fmt: skip
+
+
+def _train(x: torch.Tensor, y: torch.Tensor, n_classes: int, c: Config, seed: int):
+    """A tiny ProtoPNet, the family's recipe."""
+    model, push, _ = train_protopnet(x, y, c, 3, n_classes, seed)
     return model, push
 
 
@@ -99,10 +129,10 @@ def _acc(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return accuracy(predict(model, x), y)
 
 
-def _analyse(model, push, x_tr, x_te, c: dict) -> tuple[dict, dict]:
+def _analyse(model, push, x_tr, x_te, c: Config) -> tuple[dict, dict]:
     perts = make_perturbations(x_tr.shape[-1])
-    e_tr = explain(model, x_tr[: c["n_explain"]], perts)
-    e_te = explain(model, x_te[: c["n_test"]], perts)
+    e_tr = explain(model, x_tr[: c.n_explain], perts)
+    e_te = explain(model, x_te[: c.n_explain_test], perts)
     g_tr, g_te = e_tr.global_importance(), e_te.global_importance()
     names = e_tr.names
     k_hue, k_shape = names.index("hue"), names.index("shape")
@@ -112,7 +142,7 @@ def _analyse(model, push, x_tr, x_te, c: dict) -> tuple[dict, dict]:
     out["frac_top_hue"] = float((g_tr.argmax(0) == k_hue).float().mean())
     out["frac_top_shape"] = float((g_tr.argmax(0) == k_shape).float().mean())
     out["welch_min_p"] = min(v["welch_p"] for v in gen.values())
-    out["patch_saturation"] = float(patch_saturation(x_tr[: c["n_explain"]], e_tr).mean())
+    out["patch_saturation"] = float(patch_saturation(x_tr[: c.n_explain], e_tr).mean())
     art = {"G": g_tr, "G_test": g_te, "names": names, "model": model, "push": push, "gen": gen}
     return out, art
 
@@ -134,12 +164,11 @@ def _part_at(data: PartsData, push, latent: tuple[int, int]) -> list[int]:
     return ids
 
 
-def run(seed: int, quick: bool) -> SeedResult:
-    c = _cfg(quick)
+def run(seed: int, c: Config) -> SeedResult:
     res, arts = {}, {}
     for key, by in (("A", "hue"), ("B", "shape")):
-        x, y = shape_hue_set(c["n"], by, seed * 10 + (0 if by == "hue" else 1))
-        xt, yt = shape_hue_set(max(c["n_acc"], c["n_test"]), by, seed * 10 + 5 + (0 if by == "hue" else 1))
+        x, y = shape_hue_set(c.n_train, by, seed * 10 + (0 if by == "hue" else 1))
+        xt, yt = shape_hue_set(max(c.n_acc, c.n_explain_test), by, seed * 10 + 5 + (0 if by == "hue" else 1))
         model, push = _train(x, y, 3, c, seed)
         out, art = _analyse(model, push, x, xt, c)
         out["acc"] = _acc(model, xt, yt)
@@ -147,9 +176,10 @@ def run(seed: int, quick: bool) -> SeedResult:
     a, b = res["A"], res["B"]
     res["A"]["flip_margin"] = min(a["G_hue"] - a["G_shape"], b["G_shape"] - b["G_hue"])
     res["B"]["flip_margin"] = res["A"]["flip_margin"]
-    if not quick:  # parts: descriptive breakdown by the part type under each prototype
-        tr, _, te = parts_splits(1600, 10, 300, seed=seed, n_classes=4)
-        cp = dict(c, epochs=21, warm=5, push=20)
+    if c.parts:  # parts: descriptive breakdown by the part type under each prototype
+        tr, _, te = parts_splits(c.parts_n_train, c.parts_n_val, c.parts_n_test, seed=seed, n_classes=4)
+        cp = replace(c, epochs=c.parts_epochs, warm_epochs=c.parts_warm_epochs, push_start=c.parts_push,
+                     push_every=c.parts_push)  # fmt: skip
         model, push = _train(tr.images, tr.labels, 4, cp, seed)
         out, art = _analyse(model, push, tr.images, te.images, c)
         res["A"].update({f"parts_{k}": v for k, v in out.items()})
@@ -239,13 +269,14 @@ EXPERIMENT = Experiment(
     id="explaining_prototypes",
     claim="Global prototype importance tracks what the model uses: hue ranks above shape when the class is the "
     "hue (Set A) and below it when the class is the shape (Set B)",
-    setup="card's synthetic 32x32 shape-on-noise sets, tiny ProtoPNet (Conv4 w16, 3 protos/class) per set, six "
-    "official perturbations (shape warp A=1 px, w=0.35), similarity-weighted G over training images; quick: "
-    "240 images, 8+5 epochs, G over 64 images, 2 seeds; full: 600 images, 16+10 epochs, 300 images, 3 seeds",
+    setup="card's synthetic 32x32 shape-on-noise sets, tiny ProtoPNet (Conv4) per set, six official perturbations "
+    "(shape warp A=1 px, w=0.35), similarity-weighted G over training images; the full tier also explains parts",
     method_name="Set A model (class = hue)",
     baseline_name="Set B model (class = shape)",
     checks=[Check("hue_minus_shape", "higher", 0.0), Check("flip_margin", "higher", 0.0, against="value")],
     run=run,
+    quick=QUICK,
+    full=FULL,
     seeds=3,
     quick_seeds=2,
     plot=plot,

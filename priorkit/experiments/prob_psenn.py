@@ -1,11 +1,12 @@
 """Prob-PSENN vs the deterministic PSENN on digits (card: prototypes-interpretable.md, "Small-scale check").
 
-sklearn digits (64-d in [0, 1]), 70/30 stratified split from the seed. Both models: MLP encoder 64-64-8,
-decoder 8-64-64 (sigmoid), 2 prototypes per class (m = 20), logits = -min distance over a class's prototypes,
-losses 20 CE + 1 recon + 1 R1 + 1 R2 (PrototypeDL defaults), Adam 1e-3, batch 128, the same initial weights.
-Prob-PSENN: diagonal Gaussian prototypes (sigma init 0.1), 10 samples per step, KL to N(0, I) with beta 0.01
-(per data set, i.e. KL / N per sample; the KL term is then about 1e-3 of the CE term, as the card suggests),
-50 samples at test time. Full mode 100 epochs x 5 seeds (the card), quick mode 40 epochs x 2 seeds.
+sklearn digits (64-d in [0, 1]), stratified train/test split from the seed. Both models: MLP encoder (one hidden
+layer) to a small latent, a mirrored decoder (sigmoid), a few prototypes per class, logits = -min distance over a
+class's prototypes, losses 20 CE + 1 recon + 1 R1 + 1 R2 (PrototypeDL defaults), Adam, the same initial weights.
+Prob-PSENN: diagonal Gaussian prototypes, several samples per step, KL to N(0, I) with a small beta (per data
+set, i.e. KL / N per sample; at the chosen beta the KL term is about 1e-3 of the CE term, as the card
+suggests), more samples at test time. Every setting is in :class:`Config` (``QUICK`` and ``FULL``; the full
+tier's epochs are the card's), which the report prints.
 
 OOD sets: (i) the test digits with pixels randomly permuted (one permutation per image); (ii) 8x8 grayscale
 patches of scikit-learn's china.jpg / flower.jpg, block-averaged from 32x32 crops, scaled to [0, 1].
@@ -29,6 +30,7 @@ with 60 epochs and beta = 1 (the plain ELBO weight) also passed every check (MI 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -48,9 +50,28 @@ from priorkit.prototypes.prob_psenn import (
 )
 from priorkit.train import TrainConfig, Trainer
 
-#: KL weight (per data set, i.e. KL / N per sample): 0.01 makes the KL term about 1e-3 of the CE term, as the
-#: card suggests (beta = 1, the plain ELBO, makes it about 0.1 of it).
-BETA = 0.01
+
+@dataclass(frozen=True)
+class Config:
+    """Every number of the run (the report prints it)."""
+
+    epochs: int = 100
+    test_fraction: float = 0.3
+    hidden: int = 64  # encoder / decoder hidden width
+    latent: int = 8
+    prototypes_per_class: int = 2
+    init_sigma: float = 0.1  # Prob-PSENN's initial prototype std
+    #: KL weight (per data set, i.e. KL / N per sample): 0.01 makes the KL term about 1e-3 of the CE term, as the
+    #: card suggests (beta = 1, the plain ELBO, makes it about 0.1 of it)
+    beta: float = 0.01
+    lr: float = 1e-3
+    batch_size: int = 128
+    train_samples: int = 10  # prototype samples per training step
+    test_samples: int = 50  # prototype samples at test time (Prob-PSENN; the deterministic model uses 1)
+
+
+FULL = Config()
+QUICK = Config(epochs=40)
 
 
 def image_patches(n: int, seed: int) -> torch.Tensor:
@@ -81,34 +102,34 @@ def ambiguous(x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
     return 0.5 * (x[keep] + x[partner][keep])
 
 
-def make_model(probabilistic: bool, seed: int) -> ProbPSENN:
+def make_model(probabilistic: bool, seed: int, c: Config = FULL, in_dim: int = 64) -> ProbPSENN:
+    """The experiment's PSENN (``probabilistic=False``) or Prob-PSENN on ``in_dim``-d inputs, 10 classes."""
     seed_everything(seed)
-    enc = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
-    dec = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 64), nn.Sigmoid())
+    enc = nn.Sequential(nn.Linear(in_dim, c.hidden), nn.ReLU(), nn.Linear(c.hidden, c.latent))
+    dec = nn.Sequential(nn.Linear(c.latent, c.hidden), nn.ReLU(), nn.Linear(c.hidden, in_dim), nn.Sigmoid())
     return ProbPSENN(
-        enc, 8, 10, decoder=dec, prototypes_per_class=2, probabilistic=probabilistic, init_sigma=0.1,
-        generator=torch.Generator().manual_seed(seed),
+        enc, c.latent, 10, decoder=dec, prototypes_per_class=c.prototypes_per_class, probabilistic=probabilistic,
+        init_sigma=c.init_sigma, generator=torch.Generator().manual_seed(seed),
     )  # fmt: skip
 
 
-def run(seed: int, quick: bool) -> SeedResult:
-    data = load_digits(val=0.0, test=0.3, seed=seed)
+def run(seed: int, c: Config) -> SeedResult:
+    data = load_digits(val=0.0, test=c.test_fraction, seed=seed)
     x, y, xt, yt = data.train.x, data.train.y, data.test.x, data.test.y
     sets = {
         "permuted": permuted(xt, seed),
         "patches": image_patches(len(xt), seed),
         "ambiguous": ambiguous(xt, yt, seed),
     }
-    cfg = TrainConfig(batch_size=128, seed=seed, progress=False)
-    epochs = 40 if quick else 100
-    loss_cfg = PSENNLossConfig(beta=BETA)
+    cfg = TrainConfig(batch_size=c.batch_size, seed=seed, progress=False)
+    loss_cfg = PSENNLossConfig(beta=c.beta)
     res: dict[str, dict[str, float]] = {}
     curves: dict[str, dict] = {}
     for side, prob in (("baseline", False), ("method", True)):
-        model = make_model(prob, seed)
-        recipe = prob_psenn_recipe(model, loss_cfg, epochs=epochs, lr=1e-3, num_samples=10)
+        model = make_model(prob, seed, c, x.shape[1])
+        recipe = prob_psenn_recipe(model, loss_cfg, epochs=c.epochs, lr=c.lr, num_samples=c.train_samples)
         hist = [h for h in Trainer(model, TensorDataset(x, y), recipe=recipe, config=cfg).fit() if "loss" in h]
-        s = 50 if prob else 1
+        s = c.test_samples if prob else 1
         g = torch.Generator().manual_seed(seed + 1)
         clean = model.uncertainty(xt, s, generator=g)
         correct = clean["predictive"].argmax(1) == yt
@@ -129,7 +150,7 @@ def run(seed: int, quick: bool) -> SeedResult:
             for key, f in scores.items():
                 r[f"auroc_{key}_{name}"] = auroc(f(clean), f(u))
         res[side] = r
-        curves[side] = {"loss": [h["loss"] for h in hist], "viz": _viz_data(model, xt, yt, clean, seed)}
+        curves[side] = {"loss": [h["loss"] for h in hist], "viz": _viz_data(model, xt, yt, clean, seed, s)}
     m, b = res["method"], res["baseline"]
     m["mi_minus_msp_best"] = max(m[f"auroc_mi_{k}"] - b[f"auroc_msp_{k}"] for k in ("permuted", "patches"))
     return {"method": m, "baseline": b, "curves": curves}
@@ -140,7 +161,7 @@ def _rounded(t: torch.Tensor) -> list:
 
 
 @torch.no_grad()
-def _viz_data(model: ProbPSENN, xt: torch.Tensor, yt: torch.Tensor, clean: dict, seed: int) -> dict:
+def _viz_data(model: ProbPSENN, xt: torch.Tensor, yt: torch.Tensor, clean: dict, seed: int, s: int) -> dict:
     """What the figures need (JSON lists), from a generator of its own (the metrics' random streams are
     untouched): decoded prototype means [m, 64], 3 decoded samples [3, m, 64] and the per-pixel std over 30
     decoded samples; for 3 test images (the most certain correct one, the correct one with the largest
@@ -153,7 +174,6 @@ def _viz_data(model: ProbPSENN, xt: torch.Tensor, yt: torch.Tensor, clean: dict,
     picks = [int(ok[ee[ok].argmin()]), int(ok[ee[ok].argmax()])] if len(ok) else []
     wrong = torch.nonzero(pred != yt).flatten().tolist()
     picks += wrong[:1] if wrong else ([int(ok[len(ok) // 2])] if len(ok) else [])
-    s = 50 if model.prototypes.probabilistic else 1
     out = model(xt[picks], s, generator=g)
     samples = model.decode_prototypes(30 if model.prototypes.probabilistic else 1, generator=g)
     return {
@@ -297,7 +317,8 @@ def plot(results: list[SeedResult], outdir: Path) -> list[Path]:
 EXPERIMENT = Experiment(
     id="prob_psenn",
     claim="Prototype-induced uncertainty (MI) flags OOD inputs (AUROC >= 0.7) at no accuracy cost",
-    setup="digits 64-d, MLP AE 64-64-8, 20 prototypes, Adam 1e-3; 100 epochs x 5 seeds (quick: 40 x 2)",
+    setup="sklearn digits 64-d, stratified split; MLP autoencoder with prototypes in its latent, Adam; OOD sets: "
+    "permuted test digits and 8x8 patches of sklearn's sample images; ambiguous set: two-digit averages",
     method_name="Prob-PSENN (Gaussian prototypes, MI)",
     baseline_name="deterministic PSENN (max-softmax)",
     checks=[
@@ -308,6 +329,8 @@ EXPERIMENT = Experiment(
         Check("expl_entropy_gap", "higher", 0.0, against="value"),
     ],
     run=run,
+    quick=QUICK,
+    full=FULL,
     threads=1,
     seeds=5,
     quick_seeds=2,

@@ -3,14 +3,13 @@
 
 Data: ``parts`` 32x32 RGB, 4 classes (2 diagnostic parts + 1 distractor per image); Conv4 backbone with two
 max-pools (an 8x8 feature map), trained from scratch. ProtoPNet: regular add-on to D, k prototypes per class
-(1x1), the official loss (CE + 0.8 Clst - 0.08 Sep + 1e-4 L1) and schedule (Adam; warm: add-on and prototypes
-3e-3, backbone frozen; joint: backbone 1e-3 as in the card's CPU check since the backbone is not pretrained,
-add-on and prototypes 3e-3, StepLR(5, 0.1); push then last-layer epochs at lr 1e-4). The run ends on a push
-+ last-layer stage, so the reported model is the interpretable one. Baseline: the same Conv4 with global
-average pooling and a linear head, Adam lr 1e-3 (wd 1e-3), as many passes over the data as ProtoPNet's
-epochs plus last-layer epochs. Quick: 480 training images, width 16, D 16, 3 prototypes per class, 9 epochs
-(2 warm, push at 8), 5 last-layer epochs, 2 seeds. Full: 1,600 images, width 32, D 32, 5 per class, 21 epochs
-(5 warm, push at 10 and 20), 10 last-layer epochs, 3 seeds.
+(1x1), the official loss (CE + 0.8 Clst - 0.08 Sep + 1e-4 L1) and schedule (Adam; warm: add-on and prototypes,
+backbone frozen; joint: the backbone at the card's CPU-check lr since the backbone is not pretrained, add-on and
+prototypes, StepLR(5, 0.1); push then last-layer epochs at lr 1e-4). The run ends on a push + last-layer stage, so the
+reported model is the interpretable one. Baseline: the same Conv4 with global average pooling and a linear head
+(Adam with weight decay), as many passes over the data as ProtoPNet's epochs plus last-layer epochs. Every
+setting is in :class:`Config` (``QUICK`` and ``FULL``), which the report prints; the full tier also runs the
+card's digits check (8x8 digits, 10 classes) as extra numbers.
 
 Claim (rule fixed before the first run): ProtoPNet's test accuracy is at most 2 points below the baseline's
 (card: "within about 2 points"). The method's metrics also carry the distance-kernel speed (``kernel_gflops``,
@@ -34,8 +33,9 @@ almost nothing. Kernel speed: kernel_ratio 0.79 (57.0 vs 72.8 GFLOP/s).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -53,14 +53,82 @@ from priorkit.prototypes.protopnet_base import PhaseSchedule, PushResult, l1_off
 from priorkit.train import RunState, TrainConfig, Trainer, predict
 
 
-def _cfg(quick: bool) -> dict:
-    if quick:
-        return dict(n_train=480, width=16, dim=16, k=3, epochs=9, warm=2, push_start=8, push_every=8, ll=5)
-    return dict(n_train=1600, width=32, dim=32, k=5, epochs=21, warm=5, push_start=10, push_every=10, ll=10)
+@dataclass(frozen=True)
+class Config:
+    """Every number of the run (the report prints it). The ProtoPNet-arm fields (``width`` ... ``prototype_lr``)
+    are the ones :func:`train_protopnet` reads, shared by the family's experiments."""
+
+    n_train: int = 1600
+    n_val: int = 100
+    n_test: int = 400
+    width: int = 32  # Conv4 width
+    dim: int = 32  # prototype dimension D
+    k: int = 5  # prototypes per class
+    epochs: int = 21
+    warm_epochs: int = 5
+    push_start: int = 10
+    push_every: int = 10
+    last_layer_epochs: int = 10
+    batch_size: int = 64
+    backbone_lr: float = 1e-3  # joint lrs (the backbone's: the card's from-scratch CPU check)
+    add_on_lr: float = 3e-3
+    prototype_lr: float = 3e-3
+    baseline_lr: float = 1e-3
+    baseline_weight_decay: float = 1e-3
+    # the distance kernel at the ProtoPNet paper's CUB size (2000 prototypes, D=128, 7x7 maps), one thread
+    kernel_batch: int = 64
+    kernel_dim: int = 128
+    kernel_map: int = 7
+    kernel_prototypes: int = 2000
+    kernel_repeats: int = 9
+    # the card's digits check (extra numbers): 8x8 digits, 10 classes
+    digits: bool = True
+    digits_test_fraction: float = 0.3
+    digits_width: int = 32
+    digits_dim: int = 32
+    digits_k: int = 10
+
+
+FULL = Config()
+QUICK = Config(
+    n_train=480, width=16, dim=16, k=3, epochs=9, warm_epochs=2, push_start=8, push_every=8, last_layer_epochs=5,
+    kernel_batch=16, kernel_repeats=5, digits=False,
+)  # fmt: skip
+
+
+class ArmConfig(Protocol):
+    """The fields of an experiment's config that :func:`train_protopnet` reads (the family's ProtoPNet arm)."""
+
+    width: int
+    dim: int
+    k: int
+    epochs: int
+    warm_epochs: int
+    push_start: int
+    push_every: int
+    last_layer_epochs: int
+    batch_size: int
+    backbone_lr: float
+    add_on_lr: float
+    prototype_lr: float
 
 
 def _acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return accuracy(predict(model, x), y)
+
+
+def arm_schedule(c: ArmConfig) -> dict[str, Any]:
+    """The :class:`PhaseSchedule` fields the family's experiments set from their config (epochs, warm, push,
+    last-layer epochs, joint lrs, batch size); other fields keep the schedule's defaults."""
+    return dict(
+        epochs=c.epochs,
+        warm_epochs=c.warm_epochs,
+        push_start=c.push_start,
+        push_every=c.push_every,
+        last_layer_epochs=c.last_layer_epochs,
+        joint_lrs={"backbone": c.backbone_lr, "add_on": c.add_on_lr, "prototypes": c.prototype_lr},
+        batch_size=c.batch_size,
+    )
 
 
 def train_prototype_recipe(
@@ -83,7 +151,7 @@ def train_prototype_recipe(
 def train_protopnet(
     x: torch.Tensor,
     y: torch.Tensor,
-    c: dict,
+    c: ArmConfig,
     in_ch: int,
     n_classes: int,
     seed: int,
@@ -91,40 +159,43 @@ def train_protopnet(
     before_push: Callable[[RunState], Mapping[str, float] | None] | None = None,
     **schedule_kw: Any,
 ) -> tuple[ProtoPNet, PushResult, PhaseSchedule]:
-    """The family's ProtoPNet arm on a from-scratch Conv4 (two pools): k prototypes of dim D per class, the
-    official loss, and the warm / joint / push / last-layer schedule with the from-scratch joint backbone lr 1e-3
-    (``SPEC.presets['small']``); ``schedule_kw`` overrides schedule fields (batch size, StepLR, ...)."""
-    kw: dict[str, Any] = dict(
-        epochs=c["epochs"],
-        warm_epochs=c["warm"],
-        push_start=c["push_start"],
-        push_every=c["push_every"],
-        last_layer_epochs=c["ll"],
-        joint_lrs={"backbone": 1e-3, "add_on": 3e-3, "prototypes": 3e-3},
-        batch_size=64,
-    )
+    """The family's ProtoPNet arm on a from-scratch Conv4 (two pools): ``c.k`` prototypes of dim ``c.dim`` per
+    class, the official loss, and the warm / joint / push / last-layer schedule of :func:`arm_schedule` (the
+    from-scratch joint backbone lr is ``SPEC.presets['small']``'s); ``schedule_kw`` overrides schedule fields
+    (StepLR, ...)."""
+    kw = arm_schedule(c)
     kw.update(schedule_kw)
     schedule = PhaseSchedule(**kw)
     seed_everything(seed)
-    model = ProtoPNet(Conv4(in_ch, c["width"], n_classes, pools=2), n_classes, c["k"], c["dim"])
+    model = ProtoPNet(Conv4(in_ch, c.width, n_classes, pools=2), n_classes, c.k, c.dim)
     _, push = train_prototype_recipe(model, x, y, schedule, seed, before_push=before_push)
     return model, push, schedule
 
 
 def train_backbone_baseline(
-    x: torch.Tensor, y: torch.Tensor, in_ch: int, width: int, n_classes: int, epochs: int, seed: int
+    x: torch.Tensor,
+    y: torch.Tensor,
+    in_ch: int,
+    width: int,
+    n_classes: int,
+    epochs: int,
+    seed: int,
+    *,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
 ) -> Conv4:
-    """The backbone without prototypes (Conv4 + GAP + linear), Adam lr 1e-3, wd 1e-3, batch 64, through the engine."""
+    """The backbone without prototypes (Conv4 + GAP + linear), Adam, through the engine."""
     seed_everything(seed)
     model = Conv4(in_ch, width, n_classes, pools=2)
-    cfg = TrainConfig(epochs=epochs, batch_size=64, optimizer="adam", lr=1e-3, weight_decay=1e-3, seed=seed,
-                      progress=False)  # fmt: skip
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer="adam", lr=lr, weight_decay=weight_decay,
+                      seed=seed, progress=False)  # fmt: skip
     Trainer(model, IndexedTensorDataset(x, y), config=cfg).fit()
     model.eval()
     return model
 
 
-def _pair(train_x, train_y, test_x, test_y, in_ch: int, c: dict, n_classes: int, seed: int):
+def _pair(train_x, train_y, test_x, test_y, in_ch: int, c: Config, n_classes: int, seed: int):
     seen: dict = {}
 
     def before_push(state: RunState) -> dict[str, float]:  # the last write is the one before the last push
@@ -141,21 +212,25 @@ def _pair(train_x, train_y, test_x, test_y, in_ch: int, c: dict, n_classes: int,
         "unique_pushed_patches": float(push.n_unique),
         "offclass_l1_shrink": seen["l1_before"] / max(l1_after, 1e-12),
     }
-    n_epochs = c["epochs"] + c["ll"] * len(schedule.push_epochs())
-    base_model = train_backbone_baseline(train_x, train_y, in_ch, c["width"], n_classes, n_epochs, seed)
+    n_epochs = c.epochs + c.last_layer_epochs * len(schedule.push_epochs())
+    base_model = train_backbone_baseline(
+        train_x, train_y, in_ch, c.width, n_classes, n_epochs, seed,
+        batch_size=c.batch_size, lr=c.baseline_lr, weight_decay=c.baseline_weight_decay,
+    )  # fmt: skip
     return model, push, meth, {"acc": _acc(base_model, test_x, test_y)}
 
 
-def run(seed: int, quick: bool) -> SeedResult:
-    c = _cfg(quick)
-    train, _, test = parts_splits(c["n_train"], 100, 400, seed=seed, n_classes=4)
+def run(seed: int, c: Config) -> SeedResult:
+    train, _, test = parts_splits(c.n_train, c.n_val, c.n_test, seed=seed, n_classes=4)
     model, push, meth, base = _pair(train.images, train.labels, test.images, test.labels, 3, c, 4, seed)
-    # the distance kernel at the ProtoPNet paper's CUB size (2000 prototypes, D=128, 7x7 maps), one thread
-    kb = distance_kernel_gflops(16 if quick else 64, 128, 7, 7, 2000, repeats=5 if quick else 9, threads=1)
+    kb = distance_kernel_gflops(
+        c.kernel_batch, c.kernel_dim, c.kernel_map, c.kernel_map, c.kernel_prototypes, repeats=c.kernel_repeats,
+        threads=1,
+    )  # fmt: skip
     meth.update({k: kb[k] for k in ("kernel_gflops", "matmul_gflops", "kernel_ratio")})
-    if not quick:  # the card's digits check: 8x8 digits, 10 classes, 10 prototypes per class
-        d = load_digits(image=True, val=0.0, test=0.3, seed=seed)
-        cd = dict(c, width=32, dim=32, k=10)
+    if c.digits:  # the card's digits check: 8x8 digits, 10 classes
+        d = load_digits(image=True, val=0.0, test=c.digits_test_fraction, seed=seed)
+        cd = replace(c, width=c.digits_width, dim=c.digits_dim, k=c.digits_k)
         _, _, dm, db = _pair(d.train.x, d.train.y, d.test.x, d.test.y, 1, cd, 10, seed)
         meth["digits_acc"], base["digits_acc"] = dm["acc"], db["acc"]
     return {
@@ -212,14 +287,16 @@ EXPERIMENT = Experiment(
     claim="ProtoPNet's accuracy is within 2 points of the same backbone without prototypes, with case-based "
     "explanations",
     setup="parts 32x32, 4 classes; Conv4 (8x8 map) + ProtoPNet head vs Conv4 + GAP + linear; official loss and "
-    "warm/joint/push/last-layer schedule; 21 epochs x 3 seeds, 1600 images (quick: 9 epochs x 2 seeds, 480)",
+    "warm/joint/push/last-layer schedule; full tier adds the card's digits check",
     method_name="ProtoPNet",
     baseline_name="Conv4 + linear head",
     checks=[Check("acc", "higher", -0.02)],
     run=run,
+    quick=QUICK,
+    full=FULL,
     seeds=3,
     quick_seeds=2,
     plot=plot,
     notes="kernel_gflops / matmul_gflops / kernel_ratio time the prototype-distance kernel against a matmul of "
-    "the same size (M=B*49, N=2000, K=128), single-threaded.",
+    "the same size (M = kernel_batch * kernel_map^2, N = kernel_prototypes, K = kernel_dim), single-threaded.",
 )

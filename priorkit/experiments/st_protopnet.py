@@ -4,14 +4,13 @@ Prototypes ...", "Small-scale check on CPU"), same backbone, data, seeds and bud
 Data: ``parts`` 32x32 RGB, 4 classes (2 diagnostic parts + 1 distractor per image). Backbone: Conv4 with two
 max-pools (8x8 feature map), trained from scratch. Both models run the same warm / joint / push / last-layer
 schedule through :func:`priorkit.prototypes.protopnet_base.protopnet_recipe` with the same epochs, batch size
-and learning rates: warm (add-ons + prototypes, 3e-3, backbone frozen), joint (backbone 1e-3 as in the card's
-CPU check since the backbone is not pretrained; add-ons and prototypes 3e-3), push, last layer(s) at 1e-4.
+and learning rates: warm (add-ons + prototypes, backbone frozen), joint (backbone at the card's CPU-check lr
+since the backbone is not pretrained; add-ons and prototypes), push, last layer(s).
 ST-ProtoPNet: two branches (x2 upsampling add-ons, cosine + ReLU, max-pool), K prototypes per class per branch,
 the official coefficients and per-batch alternation, prototype re-normalisation after each step, weight decay
 1e-4 and StepLR(20, 0.2) (code defaults). ProtoPNet: k prototypes per class (the same K), the official L2 head,
-weight decay 1e-3 and StepLR(5, 0.1) (its code defaults). Quick: 320 training images, width 16, D 16, K 3,
-8 epochs (2 warm, push after epoch 7), 3 last-layer epochs, batch 64, 2 seeds. Full: 1,200 images, width 32,
-D 32, K 5, 21 epochs (3 warm, push at 10 and 20), 5 last-layer epochs, 3 seeds.
+weight decay 1e-3 and StepLR(5, 0.1) (its code defaults). Every setting is in :class:`Config` (``QUICK`` and
+``FULL``), which the report prints.
 
 Claim and rule (fixed before the first run): (1) accuracy: ST-ProtoPNet's test accuracy >= ProtoPNet's - 0.5
 points (card: "(c) >= max(a, b) - 0.5 points"; the card's variants (a) trivial-only and (b) support-only are
@@ -43,6 +42,7 @@ than the trivial one (1.067 vs 0.967), against the card. The support branch push
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -50,7 +50,7 @@ import torch
 from priorkit.core.seeding import seed_everything
 from priorkit.data.parts import parts_splits
 from priorkit.experiments.base import Check, Experiment, SeedResult
-from priorkit.experiments.protopnet import train_protopnet, train_prototype_recipe
+from priorkit.experiments.protopnet import arm_schedule, train_protopnet, train_prototype_recipe
 from priorkit.metrics import accuracy
 from priorkit.models import Conv4
 from priorkit.prototypes.st_protopnet import (
@@ -66,10 +66,32 @@ from priorkit.train import predict
 N_CLASSES = 4
 
 
-def _cfg(quick: bool) -> dict:
-    if quick:
-        return dict(n_train=320, width=16, dim=16, k=3, epochs=8, warm=2, push_start=7, push_every=7, ll=3)
-    return dict(n_train=1200, width=32, dim=32, k=5, epochs=21, warm=3, push_start=10, push_every=10, ll=5)
+@dataclass(frozen=True)
+class Config:
+    """Every number of the run (the report prints it); both arms share the ProtoPNet-arm fields."""
+
+    n_train: int = 1200
+    n_val: int = 50
+    n_test: int = 400
+    width: int = 32  # Conv4 width
+    dim: int = 32  # prototype dimension D
+    k: int = 5  # prototypes per class (per branch for ST-ProtoPNet)
+    epochs: int = 21
+    warm_epochs: int = 3
+    push_start: int = 10
+    push_every: int = 10
+    last_layer_epochs: int = 5
+    batch_size: int = 64
+    backbone_lr: float = 1e-3  # joint lrs (the backbone's: the card's from-scratch CPU check)
+    add_on_lr: float = 3e-3
+    prototype_lr: float = 3e-3
+    st_push_batch_size: int = 256  # ST-ProtoPNet's push batch (ProtoPNet's schedule default is the same)
+
+
+FULL = Config()
+QUICK = Config(
+    n_train=320, width=16, dim=16, k=3, epochs=8, warm_epochs=2, push_start=7, push_every=7, last_layer_epochs=3
+)
 
 
 def _acc(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -87,26 +109,13 @@ def _cross_cos(model: STProtoPNet) -> dict[str, float]:
     return out
 
 
-def _common_schedule(c: dict) -> dict:
-    return dict(
-        epochs=c["epochs"],
-        warm_epochs=c["warm"],
-        push_start=c["push_start"],
-        push_every=c["push_every"],
-        last_layer_epochs=c["ll"],
-        joint_lrs={"backbone": 1e-3, "add_on": 3e-3, "prototypes": 3e-3},
-        batch_size=64,
-    )
-
-
-def run(seed: int, quick: bool) -> SeedResult:
-    c = _cfg(quick)
-    train, _, test = parts_splits(c["n_train"], 50, 400, seed=seed, n_classes=N_CLASSES)
+def run(seed: int, c: Config) -> SeedResult:
+    train, _, test = parts_splits(c.n_train, c.n_val, c.n_test, seed=seed, n_classes=N_CLASSES)
     x, y = train.images, train.labels
 
     seed_everything(seed)
-    st = STProtoPNet(Conv4(3, c["width"], N_CLASSES, pools=2), N_CLASSES, c["k"], c["dim"])
-    st_sched = default_schedule(**_common_schedule(c), push_batch_size=256)
+    st = STProtoPNet(Conv4(3, c.width, N_CLASSES, pools=2), N_CLASSES, c.k, c.dim)
+    st_sched = default_schedule(**arm_schedule(c), push_batch_size=c.st_push_batch_size)
     before: dict = {}
 
     def before_push(state) -> dict[str, float]:  # prototype geometry right before the (last) push
@@ -201,12 +210,13 @@ EXPERIMENT = Experiment(
     claim="Support prototypes sit nearer the decision boundary than trivial ones (nearest cross-class cosine "
     "higher by > 0.2) and ST-ProtoPNet's accuracy is at least ProtoPNet's - 0.5 points",
     setup="parts 32x32, 4 classes; Conv4 (8x8 map) from scratch; ST-ProtoPNet (two branches, alternation) vs "
-    "ProtoPNet, same warm/joint/push/last-layer budget; 21 epochs x 3 seeds, 1200 images (quick: 8 epochs x 2 "
-    "seeds, 320 images)",
+    "ProtoPNet, same warm/joint/push/last-layer budget",
     method_name="ST-ProtoPNet",
     baseline_name="ProtoPNet",
     checks=[Check("acc", "higher", -0.005), Check("cross_cos_gap", "higher", 0.2, against="value")],
     run=run,
+    quick=QUICK,
+    full=FULL,
     seeds=3,
     quick_seeds=2,
     plot=plot,
