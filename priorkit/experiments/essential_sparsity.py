@@ -1,19 +1,20 @@
 """Essential sparsity: one-shot global magnitude pruning (OMP) vs random pruning (card:
 sparsity-compression.md, "Small-scale check on CPU").
 
-Setup A, the real pretrained transformer: all-MiniLM-L6-v2's 36 block linears (Q, K, V, attention output,
-FFN in/out of its 6 blocks) pruned at s = 0.0, 0.1, ..., 0.9; performance = mean cosine similarity between
-dense and pruned sentence embeddings of templated sentences, and 5-fold logistic-regression accuracy of a
-2-topic task on the frozen embeddings. Setup B, pre-train -> prune -> fine-tune: MLP 40-512-512-10
-pre-trained on mnist1d labels 0-4, pruned (hidden layers), fine-tuned 3 epochs on labels 5-9 with the mask
-fixed. Claims (fixed before the first run): on MiniLM, s*(cosine, tol 0.05) of OMP >= 0.3 and at least 0.1
-above random pruning's; past the knee the cosine curve falls >= 3x faster than before it; on the MLP,
-OMP's s*(accuracy, tol 1 point) >= random's.
+Setup A, the real pretrained transformer: all-MiniLM-L6-v2's 36 block linears (Q, K, V, attention output, FFN in/out
+of its 6 blocks) pruned at each sparsity of the grid; performance = mean cosine similarity between dense and pruned
+sentence embeddings of templated sentences, and the k-fold logistic-regression accuracy of a 2-topic task on the
+frozen embeddings. Setup B, pre-train -> prune -> fine-tune: an MLP pre-trained on the lower mnist1d labels, pruned
+(hidden layers), fine-tuned on the other labels with the mask fixed. Every setting is in :class:`Config` (``QUICK``
+and ``FULL``), which the report prints. Claims (fixed before the first run): on MiniLM, s*(cosine, tol 0.05) of OMP
+>= 0.3 and at least 0.1 above random pruning's; past the knee the cosine curve falls >= 3x faster than before it; on
+the MLP, OMP's s*(accuracy, tol 1 point) >= random's.
 """
 
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,30 @@ from priorkit.models import MLP
 from priorkit.sparsity.essential_sparsity import essential_sparsity, knee_sharpness, sparsity_sweep
 from priorkit.train import TrainConfig, Trainer
 
-GRID = tuple(round(i / 10, 1) for i in range(10))
+
+@dataclass(frozen=True)
+class Config:
+    """Every number of the run (the report prints it)."""
+
+    grid: tuple[float, ...] = tuple(round(i / 10, 1) for i in range(10))  # sparsities s (must include 0.5)
+    # setup A: MiniLM
+    sentences_per_topic: int = 150
+    sentence_seed: int = 0
+    lr_max_iter: int = 2000  # logistic regression on the frozen embeddings
+    cv_folds: int = 5
+    cos_tol: float = 0.05  # s* tolerance on the cosine curve
+    # setup B: MLP pre-train -> prune -> fine-tune on mnist1d
+    pretrain_labels: int = 5  # pre-train on labels < pretrain_labels, fine-tune on the others
+    mlp_hidden: tuple[int, ...] = (512, 512)
+    pretrain_epochs: int = 30
+    finetune_epochs: int = 3
+    lr: float = 0.05
+    batch_size: int = 128
+    acc_tol: float = 0.01  # s* tolerance on the accuracy curves (LR and fine-tuned)
+
+
+FULL = Config()
+QUICK = Config(sentences_per_topic=80, pretrain_epochs=15)
 
 _TOPICS = {
     "food": (
@@ -58,14 +82,14 @@ def sentences(n_per_topic: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
     return out, np.array(labels)
 
 
-def _minilm_curves(quick: bool, seed: int) -> dict[str, list[float]]:
+def _minilm_curves(c: Config, seed: int) -> dict[str, list[float]]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score
 
     from priorkit.models.minilm import MiniLM
 
     model = MiniLM()
-    text, labels = sentences(80 if quick else 150, seed=0)
+    text, labels = sentences(c.sentences_per_topic, seed=c.sentence_seed)
     tok = model.tokenizer(text, padding=True, return_tensors="pt")
     with torch.no_grad():
         dense = model(tok["input_ids"], tok["attention_mask"])
@@ -74,8 +98,8 @@ def _minilm_curves(quick: bool, seed: int) -> dict[str, list[float]]:
         with torch.no_grad():
             emb = pruned(tok["input_ids"], tok["attention_mask"])
         cos = float(nn.functional.cosine_similarity(emb, dense, dim=1).mean())
-        lr = LogisticRegression(max_iter=2000)
-        acc = float(cross_val_score(lr, emb.numpy(), labels, cv=5).mean())
+        lr = LogisticRegression(max_iter=c.lr_max_iter)
+        acc = float(cross_val_score(lr, emb.numpy(), labels, cv=c.cv_folds).mean())
         return cos, acc
 
     curves: dict[str, list[float]] = {}
@@ -88,52 +112,55 @@ def _minilm_curves(quick: bool, seed: int) -> dict[str, list[float]]:
             accs.append(acc)
             return cos
 
-        sweep = sparsity_sweep(model, evaluate, GRID, pruner=pruner, include=include, seed=seed)
+        sweep = sparsity_sweep(model, evaluate, c.grid, pruner=pruner, include=include, seed=seed)
         curves[f"{pruner}_cos"], curves[f"{pruner}_lr"] = sweep.perf, lr_accs
-        curves[f"{pruner}_layer_sparsity_at_0.5"] = sweep.layer_sparsity[5]
+        curves[f"{pruner}_layer_sparsity_at_0.5"] = sweep.layer_sparsity[c.grid.index(0.5)]
     return curves
 
 
-def _mlp_curves(quick: bool, seed: int) -> dict[str, list[float]]:
+def _mlp_curves(c: Config, seed: int) -> dict[str, list[float]]:
     data = load_mnist1d(seed=seed)
 
     def subset(ds: IndexedTensorDataset, labels: range) -> IndexedTensorDataset:
         keep = torch.isin(ds.y, torch.tensor(list(labels)))
         return IndexedTensorDataset(ds.x[keep], ds.y[keep])
 
-    pre, ft, ft_test = subset(data.train, range(5)), subset(data.train, range(5, 10)), subset(data.test, range(5, 10))
+    k = c.pretrain_labels
+    pre, ft, ft_test = subset(data.train, range(k)), subset(data.train, range(k, 10)), subset(data.test, range(k, 10))
     seed_everything(seed)
-    model = MLP(40, (512, 512), 10)
-    Trainer(model, pre, config=TrainConfig(epochs=15 if quick else 30, lr=0.05, batch_size=128, seed=seed)).fit()
+    model = MLP(40, c.mlp_hidden, 10)
+    Trainer(model, pre, config=TrainConfig(epochs=c.pretrain_epochs, lr=c.lr, batch_size=c.batch_size, seed=seed)).fit()
 
     def finetune(pruned: nn.Module) -> float:
-        Trainer(pruned, ft, config=TrainConfig(epochs=3, lr=0.05, batch_size=128, seed=seed)).fit()
+        Trainer(
+            pruned, ft, config=TrainConfig(epochs=c.finetune_epochs, lr=c.lr, batch_size=c.batch_size, seed=seed)
+        ).fit()
         return accuracy_on(pruned, ft_test)
 
     hidden = lambda name, m: name.startswith("body")  # noqa: E731 - keep the task head dense
     curves = {}
     for pruner in ("omp", "random"):
         curves[f"{pruner}_ft_acc"] = sparsity_sweep(
-            model, finetune, GRID, pruner=pruner, include=hidden, seed=seed
+            model, finetune, c.grid, pruner=pruner, include=hidden, seed=seed
         ).perf
     return curves
 
 
-def run(seed: int, quick: bool) -> SeedResult:
-    a = _minilm_curves(quick, seed)
-    b = _mlp_curves(quick, seed)
+def run(seed: int, c: Config) -> SeedResult:
+    a = _minilm_curves(c, seed)
+    b = _mlp_curves(c, seed)
     out: dict[str, dict[str, float]] = {"method": {}, "baseline": {}}
     for side, pruner in (("method", "omp"), ("baseline", "random")):
         cos, lr, ft = a[f"{pruner}_cos"], a[f"{pruner}_lr"], b[f"{pruner}_ft_acc"]
-        s_cos = essential_sparsity(GRID, cos, tol=0.05)
+        s_cos = essential_sparsity(c.grid, cos, tol=c.cos_tol)
         out[side].update(
             s_star_cos=s_cos,
-            sharpness_cos=knee_sharpness(GRID, cos, s_cos),
-            s_star_lr=essential_sparsity(GRID, lr, tol=0.01),
-            s_star_ft=essential_sparsity(GRID, ft, tol=0.01),
-            cos_at_0_5=cos[5],
+            sharpness_cos=knee_sharpness(c.grid, cos, s_cos),
+            s_star_lr=essential_sparsity(c.grid, lr, tol=c.acc_tol),
+            s_star_ft=essential_sparsity(c.grid, ft, tol=c.acc_tol),
+            cos_at_0_5=cos[c.grid.index(0.5)],
         )
-    return {"method": out["method"], "baseline": out["baseline"], "curves": {**a, **b}}
+    return {"method": out["method"], "baseline": out["baseline"], "curves": {**a, **b, "grid": list(c.grid)}}
 
 
 def plot(results: list[SeedResult], outdir: Path) -> list[Path]:
@@ -143,11 +170,11 @@ def plot(results: list[SeedResult], outdir: Path) -> list[Path]:
     for ax, key, title in zip(
         axes,
         ("cos", "lr", "ft_acc"),
-        ("MiniLM: cosine to dense", "MiniLM: LR accuracy (5-fold)", "MLP: fine-tuned accuracy"),
+        ("MiniLM: cosine to dense", "MiniLM: LR accuracy (k-fold)", "MLP: fine-tuned accuracy"),
     ):
         for pruner, label in (("omp", "one-shot magnitude (OMP)"), ("random", "random")):
             y = np.mean([r["curves"][f"{pruner}_{key}"] for r in results], axis=0)
-            ax.plot(GRID, y, marker="o", label=label)
+            ax.plot(results[0]["curves"]["grid"], y, marker="o", label=label)
         ax.set_xlabel("sparsity of target weights")
         ax.set_title(title, fontsize=9)
     axes[0].legend(fontsize=8)
@@ -161,7 +188,8 @@ def plot(results: list[SeedResult], outdir: Path) -> list[Path]:
 EXPERIMENT = Experiment(
     id="essential_sparsity",
     claim="One-shot global magnitude pruning is flat until a knee (the essential sparsity), then drops sharply",
-    setup="all-MiniLM-L6-v2 block linears (real weights) and an mnist1d MLP pre-train/prune/fine-tune; s = 0..0.9",
+    setup="all-MiniLM-L6-v2 block linears (real weights) and an mnist1d MLP pre-train/prune/fine-tune, over a "
+    "sparsity grid",
     method_name="one-shot global magnitude pruning",
     baseline_name="global random pruning",
     checks=[
@@ -171,6 +199,8 @@ EXPERIMENT = Experiment(
         Check("s_star_ft", "higher", 0.0),
     ],
     run=run,
+    quick=QUICK,
+    full=FULL,
     seeds=3,
     quick_seeds=1,
     plot=plot,

@@ -1,13 +1,13 @@
 """SLK vs SimpleShot on digits novel classes (card: prototypes-fewshot-ood.md, "Small-scale check on CPU").
 
-Backbone: MLP 64-128-64 trained with cross-entropy on base classes 0-4 (30 epochs, SGD lr 0.05 momentum 0.9,
-weight decay 5e-4, batch 64), once per seed. Features of novel classes 5-9; 5-way 1-shot and 5-shot tasks
-with 15 queries per class (full: 1,000 tasks per shot, quick: 100). lambda of SLK-Means and SLK-MS is tuned
-per shot over the card's grid on tasks built from held-out base-class images (full mode, 200 tasks);
-quick mode (100 tasks per shot) uses the card's default lambda 0.7 and leaves out SLK-MS, to stay under a minute.
-Compared on the same tasks: SimpleShot (CL2N nearest prototype, the baseline), transductive K-means
-(lambda=0), SLK-Means and SLK-MS (CL2N + query shift for all transductive variants). Accuracies are means
-over tasks; ``*_ci95`` is the 95% CI half-width over tasks.
+Backbone: an MLP trained with cross-entropy (SGD) on the base classes, once per seed. Features of the novel
+classes; N-way tasks at each shot count with a fixed number of queries per class. lambda of SLK-Means and SLK-MS
+is tuned per shot over the card's grid on tasks built from held-out base-class images (``tune_tasks`` > 0, the
+full tier); the quick tier uses the card's default lambda and leaves out SLK-MS, to stay under a minute. Every
+setting is in :class:`Config` (``QUICK`` and ``FULL``), which the report prints. Compared on the same tasks:
+SimpleShot (CL2N nearest prototype, the baseline), transductive K-means (lambda=0), SLK-Means and SLK-MS (CL2N +
+query shift for all transductive variants). Accuracies are means over tasks; ``*_ci95`` is the 95% CI half-width
+over tasks.
 
 Rules, fixed before the first run from the card's "Expected": SLK-Means 1-shot >= SimpleShot + 3 points;
 K-means - SimpleShot >= 3 points at 1-shot; SLK-Means >= K-means at 1-shot; SLK-Means 5-shot >= SimpleShot.
@@ -15,6 +15,7 @@ K-means - SimpleShot >= 3 points at 1-shot; SLK-Means >= K-means at 1-shot; SLK-
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,33 +30,75 @@ from priorkit.prototypes.slk import SPEC, cl2n, episode_batch, slk, tune_lambda
 from priorkit.train import TrainConfig, Trainer
 
 
-def train_backbone(seed: int) -> tuple[MLP, object]:
-    fs = load_fewshot("digits", base_classes=5, seed=seed)
+@dataclass(frozen=True)
+class Config:
+    """Every number of the run (the report prints it)."""
+
+    base_classes: int = 5  # digits 0..base_classes-1 train the backbone; the rest are novel
+    hidden: tuple[int, ...] = (128, 64)
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    shots: tuple[int, ...] = (1, 5)
+    n_way: int = 5
+    n_query: int = 15  # per class
+    n_tasks: int = 1000  # test tasks per shot
+    tune_tasks: int = 200  # held-out base-class tasks for tuning lambda; 0 = no tuning (default_lam)
+    tune_seed_offset: int = 10_000  # tuning tasks use seed + offset
+    lambdas: tuple[float, ...] = (0.05, 0.1, 0.3, 0.5, 0.7, 0.8, 1.0)  # the card's tuning grid
+    default_lam: float = SPEC.presets["paper"]["lam"]  # the card's default, used when not tuning
+    slk_ms: bool = True  # also run SLK-MS
+
+
+FULL = Config()
+QUICK = Config(n_tasks=100, tune_tasks=0, slk_ms=False)
+
+
+def train_backbone(seed: int, c: Config = FULL) -> tuple[MLP, object]:
+    fs = load_fewshot("digits", base_classes=c.base_classes, seed=seed)
     seed_everything(seed)
-    model = MLP(64, (128, 64), len(fs.base_classes))
-    cfg = TrainConfig(epochs=30, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4, seed=seed, progress=False)
+    model = MLP(64, c.hidden, len(fs.base_classes))
+    cfg = TrainConfig(
+        epochs=c.epochs,
+        batch_size=c.batch_size,
+        lr=c.lr,
+        momentum=c.momentum,
+        weight_decay=c.weight_decay,
+        seed=seed,
+        progress=False,
+    )
     Trainer(model, fs.base_train, config=cfg).fit()
     return model.eval(), fs
 
 
-def run(seed: int, quick: bool) -> SeedResult:
-    model, fs = train_backbone(seed)
+def run(seed: int, c: Config) -> SeedResult:
+    model, fs = train_backbone(seed, c)
     with torch.no_grad():
         base_mean = model.features(fs.base_train.x).mean(0)
         f_val, f_novel = model.features(fs.base_val.x), model.features(fs.novel.x)
-    n_test, n_val = (100, 0) if quick else (1000, 200)
     method: dict[str, float] = {}
     baseline: dict[str, float] = {}
     curves: dict[str, dict] = {}
-    for shot in (1, 5):
-        lam_km = lam_ms = SPEC.presets["paper"]["lam"]  # the card's default 0.7; quick mode does not tune
+    for shot in c.shots:
+        lam_km = lam_ms = c.default_lam
         scores_km: dict[float, float] = {}
         scores_ms: dict[float, float] = {}
-        if not quick:
-            kw = dict(n_shot=shot, n_episodes=n_val, seed=10_000 + seed)
+        if c.tune_tasks:
+            kw = dict(
+                lambdas=c.lambdas,
+                n_way=c.n_way,
+                n_shot=shot,
+                n_query=c.n_query,
+                n_episodes=c.tune_tasks,
+                seed=c.tune_seed_offset + seed,
+            )
             lam_km, scores_km = tune_lambda(f_val, fs.base_val.y, base_mean, mode="kmeans", **kw)
             lam_ms, scores_ms = tune_lambda(f_val, fs.base_val.y, base_mean, mode="ms", **kw)
-        sampler = EpisodeSampler(fs.novel.y, n_way=5, n_shot=shot, n_query=15, n_episodes=n_test, seed=seed)
+        sampler = EpisodeSampler(
+            fs.novel.y, n_way=c.n_way, n_shot=shot, n_query=c.n_query, n_episodes=c.n_tasks, seed=seed
+        )
         xs, ys, xq, yq = episode_batch(f_novel, sampler, base_mean)
         raw_s = torch.stack([ep.support(f_novel) for ep in sampler])
         raw_q = torch.stack([ep.query(f_novel) for ep in sampler])
@@ -64,7 +107,7 @@ def run(seed: int, quick: bool) -> SeedResult:
             "kmeans": slk(xs, ys, xq, lam=0.0, mode="kmeans").labels,
             "slk_means": slk(xs, ys, xq, lam=lam_km, mode="kmeans").labels,
         }
-        if not quick:
+        if c.slk_ms:
             preds["slk_ms"] = slk(xs, ys, xq, lam=lam_ms, mode="ms").labels
         acc = {k: (p == yq).double().mean(1) for k, p in preds.items()}
         stats = {k: mean_ci95(v) for k, v in acc.items()}
@@ -122,8 +165,9 @@ EXPERIMENT = Experiment(
     id="slk",
     claim="Transductive K-means beats SimpleShot by >= 3 points at 1-shot, and SLK adds on top of K-means",
     setup=(
-        "digits, MLP 64-128-64 CE-trained on base classes 0-4 (30 epochs); novel 5-9, 5-way 1/5-shot, 15 queries, "
-        "1000 tasks x 3 seeds (quick: 100 x 2, lambda=0.7, no SLK-MS); lambda tuned on held-out base-class tasks"
+        "digits, MLP CE-trained on the base classes; N-way few-shot tasks on the novel classes (CL2N features, query "
+        "shift for the transductive variants); lambda tuned on held-out base-class tasks (quick: the card's default, "
+        "no SLK-MS)"
     ),
     method_name="SLK-Means (tuned lambda)",
     baseline_name="SimpleShot (CL2N nearest prototype)",
@@ -134,6 +178,8 @@ EXPERIMENT = Experiment(
         Check("acc_5shot", "higher", 0.0),
     ],
     run=run,
+    quick=QUICK,
+    full=FULL,
     seeds=3,
     quick_seeds=2,
     plot=plot,
