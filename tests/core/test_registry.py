@@ -76,3 +76,14 @@ def test_cli_list_json(capsys):
 def test_cli_show_unknown_is_error(capsys):
     assert main(["show", "elrr"]) == 2
     assert "closest: elr" in capsys.readouterr().err
+
+
+def test_experiments_have_typed_quick_and_full_configs():
+    import dataclasses
+
+    from priorkit.report.bench import load_experiment
+
+    for m in list_methods(status="implemented"):
+        exp = load_experiment(m.id)
+        assert dataclasses.is_dataclass(exp.quick) and dataclasses.is_dataclass(exp.full), m.id
+        assert type(exp.quick) is type(exp.full), m.id
