@@ -24,10 +24,10 @@ from priorkit.train import TrainConfig, Trainer, shuffled_batches
 CASES = ("ce", "elr", "pskd")
 
 
-def _plain(case: str, data: Any, cfg: TrainConfig, num_classes: int) -> float:
+def _plain(case: str, data: Any, cfg: TrainConfig, num_classes: int, hidden: tuple[int, ...]) -> float:
     """Seconds per step of the same math as the engine run, written as the plain loop a user would write."""
     seed_everything(cfg.seed)
-    model = MLP(data.x.shape[1], (256, 256), num_classes)
+    model = MLP(data.x.shape[1], hidden, num_classes)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     memory = torch.zeros(len(data), num_classes)
     steps = 0
@@ -60,10 +60,10 @@ def _plain(case: str, data: Any, cfg: TrainConfig, num_classes: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def _engine(case: str, data: Any, cfg: TrainConfig, num_classes: int) -> float:
+def _engine(case: str, data: Any, cfg: TrainConfig, num_classes: int, hidden: tuple[int, ...]) -> float:
     """Seconds per step of ``Trainer.fit`` (building the Trainer and Fabric is not counted: it happens once)."""
     seed_everything(cfg.seed)
-    model = MLP(data.x.shape[1], (256, 256), num_classes)
+    model = MLP(data.x.shape[1], hidden, num_classes)
     hooks = {"ce": [], "elr": [ELR(len(data), num_classes)], "pskd": [PSKD(len(data), num_classes)]}[case]
     tr = Trainer(model, data, hooks=hooks, config=cfg)
     t0 = time.perf_counter()
@@ -71,10 +71,22 @@ def _engine(case: str, data: Any, cfg: TrainConfig, num_classes: int) -> float:
     return (time.perf_counter() - t0) / tr.step
 
 
+SIZES = {"mlp-256": (256, 256), "mlp-1024": (1024, 1024)}
+
+
 def engine_overhead(
-    cases: tuple[str, ...] = CASES, *, epochs: int = 8, n: int = 4096, repeats: int = 9, threads: int = 1
+    cases: tuple[str, ...] = CASES,
+    *,
+    sizes: tuple[str, ...] = tuple(SIZES),
+    epochs: int = 8,
+    n: int = 4096,
+    repeats: int = 9,
+    threads: int = 1,
 ) -> list[dict[str, Any]]:
-    """Median seconds per step of each case through the engine and through a plain loop, and their ratio."""
+    """Median seconds per step of each case through the engine and through a plain loop, and their ratio.
+
+    The engine's cost is a fixed amount of Python per step (batch assembly, hook dispatch, logging), so its
+    ratio is largest on the smallest model; ``sizes`` names the MLPs (``mlp-256``: the experiments' size)."""
     check_positive_int("epochs", epochs)
     check_positive_int("repeats", repeats)
     data = gaussian_mixture(int(n / 0.8) + 1, num_classes=10, dim=64, val=0.0, test=0.2, seed=0).train
@@ -83,17 +95,21 @@ def engine_overhead(
     torch.set_num_threads(threads)
     rows = []
     try:
-        for case in cases:
-            eng, plain = [], []
-            for r in range(repeats):  # interleaved, alternating which goes first, so load changes hit both alike
-                if r % 2:
-                    plain.append(_plain(case, data, cfg, 10))
-                    eng.append(_engine(case, data, cfg, 10))
-                else:
-                    eng.append(_engine(case, data, cfg, 10))
-                    plain.append(_plain(case, data, cfg, 10))
-            e, p = sorted(eng)[repeats // 2], sorted(plain)[repeats // 2]
-            rows.append({"case": case, "engine_ms": 1e3 * e, "plain_ms": 1e3 * p, "ratio": e / p})
+        for size in sizes:
+            hidden = SIZES[size]
+            for case in cases:
+                eng, plain = [], []
+                for r in range(repeats):  # interleaved, alternating which goes first: load changes hit both
+                    if r % 2:
+                        plain.append(_plain(case, data, cfg, 10, hidden))
+                        eng.append(_engine(case, data, cfg, 10, hidden))
+                    else:
+                        eng.append(_engine(case, data, cfg, 10, hidden))
+                        plain.append(_plain(case, data, cfg, 10, hidden))
+                e, p = sorted(eng)[repeats // 2], sorted(plain)[repeats // 2]
+                rows.append(
+                    {"case": case, "model": size, "engine_ms": 1e3 * e, "plain_ms": 1e3 * p, "ratio": e / p}
+                )
     finally:
         torch.set_num_threads(old)
     return rows
@@ -106,8 +122,11 @@ def overhead_markdown(rows: list[dict[str, Any]]) -> str:
         "Median ms per optimizer step, the engine (Lightning Fabric + priorkit's loop and hooks) against a plain "
         "PyTorch loop doing the same math on the same batches (1 thread, interleaved runs; target ratio <= 1.05).",
         "",
-        "| case | engine ms/step | plain ms/step | ratio |",
-        "|---|---|---|---|",
+        "| case | model | engine ms/step | plain ms/step | ratio |",
+        "|---|---|---|---|---|",
     ]
-    lines += [f"| {r['case']} | {r['engine_ms']:.3f} | {r['plain_ms']:.3f} | {r['ratio']:.3f} |" for r in rows]
+    lines += [
+        f"| {r['case']} | {r.get('model', '-')} | {r['engine_ms']:.3f} | {r['plain_ms']:.3f} | {r['ratio']:.3f} |"
+        for r in rows
+    ]
     return "\n".join(lines) + "\n"

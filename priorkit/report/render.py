@@ -197,7 +197,8 @@ def overhead_html(rows: list[dict[str, Any]]) -> str:
         "<th>ratio</th></tr>"
     )
     body = "".join(
-        f"<tr><td>{html.escape(r['case'])}</td><td>{r['engine_ms']:.3f}</td><td>{r['plain_ms']:.3f}</td>"
+        f"<tr><td>{html.escape(r['case'])}</td><td>{html.escape(str(r.get('model', '-')))}</td>"
+        f"<td>{r['engine_ms']:.3f}</td><td>{r['plain_ms']:.3f}</td>"
         f"<td class='{'ok' if r['ratio'] <= 1.05 else 'no'}'>{r['ratio']:.3f}</td></tr>"
         for r in rows
     )

@@ -62,6 +62,8 @@ def shuffled_batches(n: int, batch_size: int, *, seed: int, epoch: int, drop_las
 
 def rank_slice(glob: Sequence[int], rank: int, world: int) -> list[int]:
     """This rank's contiguous share of a global batch (ceil-sized blocks, the last ones may be shorter)."""
+    if world == 1:
+        return list(glob)
     per = -(-len(glob) // world)
     return list(glob[rank * per : (rank + 1) * per])
 
@@ -440,7 +442,7 @@ class Trainer:
 
     def _make_batch(self, ph: Phase, data: Dataset | None, local: list[int]) -> Batch:
         s = self.state
-        idx = torch.as_tensor(local, dtype=torch.long)
+        idx = torch.tensor(local, dtype=torch.long)
         if ph.make_batch is not None:
             return ph.make_batch(s, idx)
         if isinstance(data, TensorDataset) and len(data.tensors) > 2:
@@ -478,20 +480,19 @@ class Trainer:
         clip = ph.grad_clip if ph.grad_clip is not None else self.cfg.grad_clip
         for bi, glob in enumerate(plan):
             s.batch_in_epoch = bi
-            s.global_indices = list(glob)
+            s.global_indices = glob
             local = rank_slice(glob, s.rank, s.world_size)
             batch = self._make_batch(ph, data, local)
             for h in self.hooks:
                 batch = h.transform_batch(s, batch)
             if ph.manual:
                 terms = dict(ph.loss(s, batch))  # type: ignore[misc]
-                check_finite_losses(terms, s.step)
+                values = self._values(terms)
             else:
                 batch.output = forward(s.net, batch)
                 terms = self._loss_terms(batch)
-                loss = sum(terms.values())
-                if not bool(torch.isfinite(loss)):  # one check per step; names the bad terms when it fails
-                    check_finite_losses(terms, s.step)
+                loss = next(iter(terms.values())) if len(terms) == 1 else sum(terms.values())
+                values = self._values(terms)  # the logged numbers; they also decide finiteness (no extra pass)
                 if ph.rescale and s.world_size > 1:
                     loss = loss * (len(local) * s.world_size / len(glob))
                 opt.zero_grad(set_to_none=True)
@@ -509,8 +510,8 @@ class Trainer:
             if sched is not None and ph.interval == "step":
                 sched.step()
             s.step += 1
-            for k, v in terms.items():
-                sums[k] += float(v.detach() if isinstance(v, torch.Tensor) else v) * len(local)
+            for k, v in values.items():
+                sums[k] += v * len(local)
             count += len(local)
             # drop this step's graph and activations now, not when the next step rebinds the names
             del batch, terms
@@ -533,6 +534,13 @@ class Trainer:
         for k, vals in s._logged.items():
             record[k] = sum(vals) / len(vals)
         return record
+
+    def _values(self, terms: dict[str, Any]) -> dict[str, float]:
+        """Each term as a float (what the epoch record averages); a NaN or infinite one raises naming it."""
+        values = {k: float(v.detach() if isinstance(v, torch.Tensor) else v) for k, v in terms.items()}
+        if not math.isfinite(sum(values.values())):
+            check_finite_losses(terms, self.state.step)
+        return values
 
     def _loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
         s, ph = self.state, self.state.phase

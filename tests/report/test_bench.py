@@ -93,7 +93,7 @@ def test_engine_overhead_section_is_rendered(tmp_path):
     from priorkit.report.overhead import engine_overhead
     from priorkit.report.render import write_report
 
-    rows = engine_overhead(("ce", "elr"), epochs=1, n=256, repeats=1)
+    rows = engine_overhead(("ce", "elr"), sizes=("mlp-256",), epochs=1, n=256, repeats=1)
     assert [r["case"] for r in rows] == ["ce", "elr"] and all(r["engine_ms"] > 0 and r["ratio"] > 0 for r in rows)
     paths = write_report([], tmp_path, overhead=rows)
     assert "## Engine overhead" in paths["md"].read_text() and "engine-overhead" in paths["html"].read_text()
