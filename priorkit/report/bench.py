@@ -81,5 +81,5 @@ def run_bench(
     if overhead:
         from priorkit.report.overhead import engine_overhead
 
-        rows = engine_overhead(epochs=2, repeats=3) if quick else engine_overhead()
+        rows = engine_overhead()  # the same settings in both tiers: it is a measurement, not a smoke run
     return results, write_report(results, out, title, overhead=rows)
