@@ -28,22 +28,23 @@ hyper-parameter was tuned to change this. With the quick budget (30 epochs) the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from priorkit.core.seeding import seed_everything
 from priorkit.data.webly import make_webly
 from priorkit.experiments.base import Check, Experiment, SeedResult
+from priorkit.metrics import accuracy
 from priorkit.models import MLP
-from priorkit.prototypes.fopro import FoPro, FoProConfig, default_weak, fopro_lr
+from priorkit.prototypes.fopro import SPEC, FoPro, FoProConfig, default_weak, fopro_lr
 from priorkit.train import Augment, Hook, Phase, Recipe, RunState, TrainConfig, fit
 
 
 @dataclass(frozen=True)
 class Config:
-    """Every number of the run (the report prints it). The fields from ``epochs`` on are FoProConfig's (FULL: its
-    SPEC's ``small`` preset); the baseline uses the optimiser, schedule, epochs and batch of the same fields."""
+    """Every number of the run (the report prints it). ``method`` is FoPro's own config (FULL: its SPEC's ``small``
+    preset); the baseline uses the optimiser, schedule, epochs and batch of the same config."""
 
     shots: int = 5  # K real shots per class
     web_size: int = 1200
@@ -54,52 +55,21 @@ class Config:
     hidden: tuple[int, ...] = (128,)  # MLP 64-128
     extra_shots: tuple[int, ...] = (1, 0)  # also reported (acc_K<k>), not part of the rule
     ablation_alpha: float | None = 1.0  # also reported (acc_alpha<a>): FoPro without prototype mixing
-    epochs: int = 60
-    frozen_epochs: int = 0
-    init_epoch: int = 10
-    clean_epoch: int = 15
-    relation_epoch: int = 20
-    relation_epochs: int = 6
-    cleaning: str = "fusion"
-    low_dim: int = 32
-    proj_hidden: int = 256
-    rel_hidden: int = 128
-    queue_size: int = 256
-    temperature: float = 0.1
-    use_density: bool = True
-    margin: float = 0.5
-    alpha: float = 0.5
-    gamma: float = 0.6
-    dist_th: float = 20.0
-    proto_m: float = 0.999
-    moco_m: float = 0.99
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-8
-    warmup_epochs: int = 5
-    beta1_drop_epoch: int | None = 40
-    w_cls: float = 1.0
-    w_proto: float = 1.0
-    w_inst: float = 1.0
-    w_low: float = 1.0
-    w_rec: float = 1.0
-    w_rel: float = 1.0
+    method: FoProConfig = field(default_factory=lambda: FoProConfig(**SPEC.presets["small"]))
 
 
 FULL = Config()
 QUICK = Config(
-    web_size=800, extra_shots=(), ablation_alpha=None, epochs=30, init_epoch=5, clean_epoch=8, relation_epoch=10,
-    relation_epochs=3, beta1_drop_epoch=20,
+    web_size=800, extra_shots=(), ablation_alpha=None,
+    method=replace(
+        FULL.method, epochs=30, init_epoch=5, clean_epoch=8, relation_epoch=10, relation_epochs=3, beta1_drop_epoch=20
+    ),
 )  # fmt: skip
 
 
 def fopro_config(c: Config, **kw) -> FoProConfig:  # noqa: ANN003
     """FoPro's settings held by ``c``, with overrides."""
-    return FoProConfig(**{**{f.name: getattr(c, f.name) for f in fields(FoProConfig)}, **kw})
-
-
-def _acc(logits: torch.Tensor, y: torch.Tensor) -> float:
-    return float((logits.argmax(1) == y).float().mean())
+    return replace(c.method, **kw)
 
 
 def _data(seed: int, c: Config, shots: int | None):  # noqa: ANN202
@@ -119,7 +89,7 @@ def run_fopro(seed: int, c: Config, shots: int | None = None, **kw) -> tuple[flo
     model.eval()
     with torch.no_grad():
         proto = model.embed(model.features(data.test.x)) @ model.memory.prototypes.t()
-    return _acc(model.predict(data.test.x), data.test.y), _acc(proto, data.test.y)
+    return accuracy(model.predict(data.test.x), data.test.y), accuracy(proto, data.test.y)
 
 
 class _WarmCosineAdam(Hook):
@@ -151,7 +121,7 @@ def run_baseline(seed: int, c: Config, shots: int | None = None) -> float:
     fit(model, data.train, recipe, hooks=hooks, config=TrainConfig(seed=seed, progress=False))
     model.eval()
     with torch.no_grad():
-        return _acc(model(data.test.x), data.test.y)
+        return accuracy(model(data.test.x), data.test.y)
 
 
 def run(seed: int, c: Config) -> SeedResult:
