@@ -185,6 +185,11 @@ class Trainer:
         if not isinstance(model, nn.Module):
             raise PriorkitError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.cfg = config
+        if recipe is not None and (loss_fn is not soft_cross_entropy or optimizer is not None):
+            raise PriorkitError(
+                "with a recipe, give loss_fn to Recipe(loss_fn=...) and optimizers to its Phases; "
+                "Trainer's loss_fn and optimizer only build the default one-phase recipe"
+            )
         if recipe is None:
             opt = None if optimizer is None else (lambda m: optimizer([p for p in m.parameters() if p.requires_grad]))
             recipe = Recipe([Phase("fit", epochs=config.epochs, optimizer=opt)], loss_fn=loss_fn)

@@ -49,7 +49,8 @@ class Phase:
     - ``optimizer``: ``factory(model) -> Optimizer`` over the trainable parameters (default: the run
       config's optimizer). Phases with the same ``optimizer_key`` share one optimizer and scheduler, with
       their state, as ProtoPNet keeps one Adam per stage across pushes.
-    - ``scheduler``: ``factory(optimizer, steps_per_epoch) -> LRScheduler``, stepped every ``interval``.
+    - ``scheduler``: ``factory(optimizer, steps_per_epoch) -> LRScheduler``, stepped every ``interval``
+      (``steps_per_epoch`` is 0 for a phase with its own ``batches`` plan: size such schedules from the plan).
     - ``loss``: ``loss(state, batch) -> {name: term}`` after the forward (default: the recipe's
       ``loss_fn(batch.output, batch.target)`` as ``"ce"``); hooks' ``extra_loss`` terms are added to it.
     - ``forward``: ``forward(net, batch) -> output`` (default ``net(batch.x)``); ``net`` is the wrapped

@@ -143,3 +143,8 @@ def test_recipe_two_process_equals_one_process(tmp_path):
     multi = torch.load(out, weights_only=True)
     for k, v in single.state_dict().items():
         assert torch.allclose(v, multi[k], atol=1e-6), k
+
+
+def test_recipe_with_trainer_loss_fn_is_refused():
+    with pytest.raises(PriorkitError, match="give loss_fn to Recipe"):
+        Trainer(TwoPart(), DATA.train, recipe=Recipe([Phase()]), loss_fn=None)
