@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from priorkit.core.errors import PriorkitError
 from priorkit.core.registry import FAMILIES, get, list_methods
 from priorkit.experiments.base import Experiment, run_experiment
+from priorkit.nn.distributed import rank
 from priorkit.report.render import write_report
 
 
@@ -82,4 +83,6 @@ def run_bench(
         from priorkit.report.overhead import engine_overhead
 
         rows = engine_overhead()  # the same settings in both tiers: it is a measurement, not a smoke run
+    if rank() != 0:  # under a multi-process launch every rank ran the experiments; rank 0 writes the report
+        return results, {k: out / f for k, f in (("json", "results.json"), ("md", "report.md"), ("html", "report.html"))}
     return results, write_report(results, out, title, overhead=rows)
