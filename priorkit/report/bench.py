@@ -84,5 +84,5 @@ def run_bench(
 
         rows = engine_overhead()  # the same settings in both tiers: it is a measurement, not a smoke run
     if rank() != 0:  # under a multi-process launch every rank ran the experiments; rank 0 writes the report
-        return results, {k: out / f for k, f in (("json", "results.json"), ("md", "report.md"), ("html", "report.html"))}
+        return results, {"json": out / "results.json", "md": out / "report.md", "html": out / "report.html"}
     return results, write_report(results, out, title, overhead=rows)
