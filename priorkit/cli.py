@@ -60,7 +60,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     ids = [i.strip() for i in args.ids.split(",") if i.strip()] if args.ids else None
     with _launch(args):
         results, paths = run_bench(
-            ids, family=args.family, quick=args.quick, seeds=args.seeds, out=Path(args.out), overhead=args.overhead
+            ids, family=args.family, quick=args.quick, seeds=args.seeds, out=Path(args.out or _default_out(args.quick)),
+            overhead=args.overhead,
         )
     for r in results:
         verdict = "ERROR " + r["error"] if r.get("error") else ("reproduced" if r["reproduced"] else "not reproduced")
@@ -71,6 +72,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         )
     print(f"report: {paths['html'].resolve()}\n        {paths['md'].resolve()}\n        {paths['json'].resolve()}")
     return 1 if any(r.get("error") for r in results) else 0
+
+
+def _default_out(quick: bool) -> str:
+    """The full budget is the evidence and goes to the committed ``results/``; a quick run to ``bench-out/``."""
+    return "bench-out" if quick else "results"
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -130,12 +136,16 @@ def _set_threads(n: int | None) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from priorkit.report.bench import collect
     from priorkit.report.render import load_results, write_report
 
     src = Path(args.dir) / "results.json"
-    if not src.is_file():
-        raise PriorkitError(f"no results.json in {args.dir}; run `priorkit bench --out {args.dir}` first")
-    paths = write_report(load_results(src), Path(args.dir))
+    records = collect(Path(args.dir), quick=False) or collect(Path(args.dir), quick=True)
+    if not records and src.is_file():
+        records = load_results(src)
+    if not records:
+        raise PriorkitError(f"no results in {args.dir}; run `priorkit bench --out {args.dir}` first")
+    paths = write_report(records, Path(args.dir))
     print(f"report: {paths['html'].resolve()}")
     return 0
 
@@ -158,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--family", choices=FAMILIES)
     be.add_argument("--quick", action="store_true", help="small budgets: each experiment well under a minute")
     be.add_argument("--seeds", type=int, help="number of seeds (default: the experiment's own)")
-    be.add_argument("--out", default="bench-out", help="output folder (default: bench-out)")
+    be.add_argument("--out", help="output folder (default: results for the full budget, bench-out with --quick)")
     be.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
     be.add_argument(
         "--overhead", action="store_true", help="also time engine steps against a plain loop (report section)"

@@ -55,30 +55,37 @@ class Check:
             ref = baseline + self.margin if self.direction == "higher" else baseline - self.margin
         return method >= ref if self.direction == "higher" else method <= ref
 
-    def decide(self, method: list[float], baseline: list[float] | None, level: float = 0.95) -> dict[str, Any]:
+    def decide(
+        self, method: list[float | None], baseline: list[float | None] | None, level: float = 0.95
+    ) -> dict[str, Any]:
         """The verdict on seed-paired values: the ``level`` t-interval of the per-seed differences
         (method - baseline; the method's values for ``against='value'``) must clear the margin entirely.
 
         ``higher``: lower bound >= margin (against a value: >= the value); ``lower``: upper bound <= -margin
-        (<= the value). A non-finite value fails the check (an infinite ratio is not evidence), and one seed
-        gives an unbounded interval, which never passes.
+        (<= the value). ``None`` is a value the experiment declares undefined (e.g. a knee sharpness without a
+        flat region): the check fails and says so. NaN or an infinite value is an error (a bug, not a result),
+        and one seed gives an unbounded interval, which never passes.
         """
-        if self.against == "value":
-            values = list(method)
-        else:
-            if baseline is None or len(baseline) != len(method):
-                raise PriorkitError(f"check on {self.metric!r} needs one baseline value per seed")
-            values = [m - b for m, b in zip(method, baseline)]
+        if self.against != "value" and (baseline is None or len(baseline) != len(method)):
+            raise PriorkitError(f"check on {self.metric!r} needs one baseline value per seed")
+        sides = {"method": method} if self.against == "value" else {"method": method, "baseline": baseline}
+        for side, vals in sides.items():
+            bad = [i for i, v in enumerate(vals) if v is not None and not math.isfinite(v)]
+            if bad:
+                raise PriorkitError(
+                    f"the {side}'s {self.metric!r} is not finite in seed(s) {bad}: {[vals[i] for i in bad]}"
+                )
+        undefined = sorted({i for vals in sides.values() for i, v in enumerate(vals) if v is None})
+        if undefined:
+            return {"diff_mean": None, "ci_low": None, "ci_high": None, "n": len(method), "passed": False,
+                    "why": f"undefined in seed(s) {undefined}"}  # fmt: skip
+        values = list(method) if self.against == "value" else [m - b for m, b in zip(method, baseline)]
         mean, lo, hi = t_interval(values, level)
-        if not all(math.isfinite(v) for v in values):
-            ok, why = False, "non-finite value"
-        elif self.against == "value":
+        if self.against == "value":
             ok = lo >= self.margin if self.direction == "higher" else hi <= self.margin
-            why = ""
         else:
             ok = lo >= self.margin if self.direction == "higher" else hi <= -self.margin
-            why = ""
-        return {"diff_mean": mean, "ci_low": lo, "ci_high": hi, "n": len(values), "passed": bool(ok), "why": why}
+        return {"diff_mean": mean, "ci_low": lo, "ci_high": hi, "n": len(values), "passed": bool(ok), "why": ""}
 
     def describe(self) -> str:
         """The rule in words: the 95% interval over seeds must clear the margin."""
@@ -96,7 +103,8 @@ class Experiment:
     ``quick`` and ``full`` are the two tiers' typed configs (frozen dataclasses: epochs, learning rates, data
     sizes, ... every number that decides the run); ``run(seed, config)`` receives one of them, and the report
     renders it field by field, so no setup number is typed twice. ``setup`` is the prose that no field holds
-    (the data, the models). ``seeds`` / ``quick_seeds``: how many seeds each tier runs by default.
+    (the data, the models). ``seeds`` / ``quick_seeds``: how many seeds each tier runs by default (at least 5
+    at the full budget: a paired interval needs them).
     """
 
     id: str
@@ -108,10 +116,18 @@ class Experiment:
     run: Callable[[int, Any], SeedResult]
     quick: Any = None
     full: Any = None
-    seeds: int = 3
+    seeds: int = 5
     quick_seeds: int = 2
     plot: Callable[[list[SeedResult], Path], list[Path]] | None = None
     notes: str = ""
+    #: rules this experiment used before they were tightened to the card: still evaluated and reported beside
+    #: the deciding ``checks`` (never silently dropped), but they do not decide ``reproduced``
+    former_checks: list[Check] = dataclasses.field(default_factory=list)
+    #: why the former rules were replaced (shown with them in the report)
+    former_note: str = ""
+    #: why the claim does not reproduce here, pointing at the measured ablation metrics (``ablation_*`` or a
+    #: figure) this experiment reports; shown in the report when the verdict is "not reproduced"
+    diagnosis: str = ""
     #: torch intra-op and BLAS/OpenMP threads while this experiment runs (None: leave as is); tiny models run
     #: fastest on 1 (see :func:`thread_limit`)
     threads: int | None = None
@@ -156,12 +172,14 @@ def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, 
     return m, m - half, m + half
 
 
-def _stats(values: list[float]) -> dict[str, float]:
-    """Mean and population std over seeds (inf-safe: a metric may be infinite, e.g. a knee ratio)."""
-    v = np.asarray(values, dtype=np.float64)
+def _stats(values: list[float | None]) -> dict[str, float]:
+    """Mean and population std over seeds; ``n`` counts the seeds where the metric is defined (not ``None``)."""
+    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
+    if len(v) == 0:
+        return {"mean": None, "std": None, "n": 0}
     with np.errstate(invalid="ignore"):
         std = float(v.std()) if len(v) > 1 else 0.0
-    return {"mean": float(v.mean()), "std": std if math.isfinite(std) else 0.0, "n": len(values)}
+    return {"mean": float(v.mean()), "std": std if math.isfinite(std) else 0.0, "n": len(v)}
 
 
 def run_stamp(threads: int | None, seconds: float) -> dict[str, Any]:
@@ -220,6 +238,26 @@ def thread_limit(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
+def _decide(exp_id: str, c: Check, per_seed: list[SeedResult], agg: dict[str, Any]) -> dict[str, Any]:
+    """One check's verdict record; a metric missing from a seed is an error, never averaged over the others."""
+    sides = ("method",) if c.against == "value" else ("method", "baseline")
+    for side in sides:
+        lacking = [i for i, r in enumerate(per_seed) if c.metric not in r[side]]
+        if lacking:
+            raise PriorkitError(f"{exp_id}: the {side}'s {c.metric!r} is missing in seed(s) {lacking}")
+
+    def values(side: str) -> list[float | None]:
+        return [None if r[side][c.metric] is None else float(r[side][c.metric]) for r in per_seed]
+
+    try:
+        verdict = c.decide(values("method"), None if c.against == "value" else values("baseline"))
+    except PriorkitError as err:
+        raise PriorkitError(f"{exp_id}: {err}") from None
+    m = agg["method"][c.metric]["mean"]
+    b = agg["baseline"].get(c.metric, {}).get("mean") if c.against != "value" else None
+    return {"rule": c.describe(), "metric": c.metric, "method": m, "baseline": b, **verdict}
+
+
 def run_experiment(exp: Experiment, *, quick: bool, seeds: int | None = None, figdir: Path | None = None) -> dict:
     """Run ``exp`` over seeds ``0..n-1`` and return the result record of ``results.json``."""
     n = seeds if seeds is not None else (exp.quick_seeds if quick else exp.seeds)
@@ -233,19 +271,8 @@ def run_experiment(exp: Experiment, *, quick: bool, seeds: int | None = None, fi
         side: {k: _stats([r[side][k] for r in per_seed if k in r[side]]) for k in metrics[side]}
         for side in ("method", "baseline")
     }
-    checks = []
-    for c in exp.checks:
-        sides = ("method",) if c.against == "value" else ("method", "baseline")
-        for side in sides:
-            lacking = [i for i, r in enumerate(per_seed) if c.metric not in r[side]]
-            if lacking:
-                raise PriorkitError(f"{exp.id}: the {side}'s {c.metric!r} is missing in seed(s) {lacking}")
-        m_vals = [float(r["method"][c.metric]) for r in per_seed]
-        b_vals = None if c.against == "value" else [float(r["baseline"][c.metric]) for r in per_seed]
-        m = agg["method"][c.metric]["mean"]
-        b = agg["baseline"].get(c.metric, {}).get("mean") if c.against != "value" else None
-        verdict = c.decide(m_vals, b_vals)
-        checks.append({"rule": c.describe(), "metric": c.metric, "method": m, "baseline": b, **verdict})
+    checks = [_decide(exp.id, c, per_seed, agg) for c in exp.checks]
+    former = [_decide(exp.id, c, per_seed, agg) for c in exp.former_checks]
     primary = exp.checks[0].metric
     figures: list[str] = []
     if exp.plot is not None and figdir is not None:
@@ -265,6 +292,9 @@ def run_experiment(exp: Experiment, *, quick: bool, seeds: int | None = None, fi
         "all_metrics": agg,
         "checks": checks,
         "reproduced": all(c["passed"] for c in checks),
+        "former_checks": former,
+        "former_note": exp.former_note,
+        "diagnosis": exp.diagnosis,
         "seeds": n,
         "seconds": round(seconds, 2),
         "quick": quick,

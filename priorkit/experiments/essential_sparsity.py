@@ -155,7 +155,7 @@ def run(seed: int, c: Config) -> SeedResult:
         s_cos = essential_sparsity(c.grid, cos, tol=c.cos_tol)
         out[side].update(
             s_star_cos=s_cos,
-            sharpness_cos=knee_sharpness(c.grid, cos, s_cos),
+            sharpness_cos=knee_sharpness(c.grid, cos, s_cos, tol=c.cos_tol),
             s_star_lr=essential_sparsity(c.grid, lr, tol=c.acc_tol),
             s_star_ft=essential_sparsity(c.grid, ft, tol=c.acc_tol),
             cos_at_0_5=cos[c.grid.index(0.5)],
@@ -201,7 +201,7 @@ EXPERIMENT = Experiment(
     run=run,
     quick=QUICK,
     full=FULL,
-    seeds=3,
+    seeds=5,
     quick_seeds=1,
     plot=plot,
     notes="IMP/LTH mask comparison, ERK random masks and pre-training-checkpoint tracking are not run.",

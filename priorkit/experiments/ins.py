@@ -180,7 +180,7 @@ EXPERIMENT = Experiment(
     quick=QUICK,
     full=FULL,
     threads=1,
-    seeds=3,
+    seeds=5,
     quick_seeds=2,
     plot=plot,
 )

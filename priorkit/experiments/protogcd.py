@@ -195,7 +195,7 @@ EXPERIMENT = Experiment(
     quick=QUICK,
     full=FULL,
     threads=1,
-    seeds=3,
+    seeds=5,
     quick_seeds=2,
     plot=plot,
     notes="ablation_* (method column): ProtoGCD with r fixed at 0 and w_ent = w_sep = 0.",

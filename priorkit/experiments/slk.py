@@ -180,7 +180,7 @@ EXPERIMENT = Experiment(
     run=run,
     quick=QUICK,
     full=FULL,
-    seeds=3,
+    seeds=5,
     quick_seeds=2,
     plot=plot,
 )

@@ -217,7 +217,7 @@ EXPERIMENT = Experiment(
     run=run,
     quick=QUICK,
     full=FULL,
-    seeds=3,
+    seeds=5,
     quick_seeds=2,
     plot=plot,
     notes="cross_cos_gap = support_cross_cos - trivial_cross_cos, each the mean over a branch's prototypes of the "

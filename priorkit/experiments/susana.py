@@ -119,6 +119,6 @@ EXPERIMENT = Experiment(
     run=run,
     quick=QUICK,
     full=FULL,
-    seeds=3,
+    seeds=5,
     quick_seeds=2,
 )

@@ -125,6 +125,6 @@ EXPERIMENT = Experiment(
     quick=QUICK,
     full=FULL,
     threads=1,
-    seeds=3,
+    seeds=5,
     quick_seeds=1,
 )

@@ -40,6 +40,47 @@ def select_ids(ids: list[str] | None = None, family: str | None = None) -> list[
     return [m.id for m in list_methods(family=family, status="implemented") if has_experiment(m.id)]
 
 
+RESERVED = ("results", "overhead")  # file stems in an output folder that are not one method's record
+
+
+def record_path(out: Path, method_id: str) -> Path:
+    """Where one method's result record lives: ``<out>/<id>.json`` (committed under ``results/``)."""
+    return Path(out) / f"{method_id}.json"
+
+
+def collect(out: Path, quick: bool) -> list[dict[str, Any]]:
+    """Every method record in ``out`` of the given tier, in registry order (a later run replaces its id's file).
+
+    The combined report is rebuilt from these files, so methods benched in separate runs share one table."""
+    from priorkit.core.registry import list_methods
+    from priorkit.report.render import load_results
+
+    order = {m.id: i for i, m in enumerate(list_methods())}
+    records = []
+    for f in sorted(Path(out).glob("*.json")):
+        if f.stem in RESERVED:
+            continue
+        r = load_results(f)
+        if isinstance(r, dict) and "id" in r and bool(r.get("quick")) == quick:
+            records.append(r)
+    return sorted(records, key=lambda r: (order.get(r["id"], len(order)), r["id"]))
+
+
+def _error_record(exp: Experiment, quick: bool, err: Exception) -> dict[str, Any]:
+    return {
+        "id": exp.id,
+        "claim": exp.claim,
+        "metric": exp.checks[0].metric,
+        "method": None,
+        "baseline": None,
+        "reproduced": False,
+        "seconds": None,
+        "quick": quick,
+        "error": f"{type(err).__name__}: {err}",
+        "traceback": traceback.format_exc(),
+    }
+
+
 def run_bench(
     ids: list[str] | None = None,
     *,
@@ -51,38 +92,35 @@ def run_bench(
     title: str = "priorkit bench",
     overhead: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, Path]]:
-    """Run the experiments and write ``results.json``, ``report.md``, ``report.html`` into ``out``; with
-    ``overhead`` also the engine-overhead benchmark (:mod:`priorkit.report.overhead`)."""
+    """Run the experiments; write each method's record to ``<out>/<id>.json`` as soon as it finishes, then the
+    combined ``results.json``, ``report.md`` and ``report.html`` over every record of this tier in ``out``
+    (methods benched earlier into the same folder stay in the table). With ``overhead`` also the
+    engine-overhead benchmark (:mod:`priorkit.report.overhead`). Only rank 0 of a multi-process launch writes."""
+    from priorkit.report.render import write_record
+
     chosen = select_ids(ids, family)
     if not chosen:
         raise PriorkitError("nothing to bench: no implemented method with an experiment matched")
     if seeds is not None and seeds < 1:
         raise PriorkitError(f"seeds must be >= 1, got {seeds}")
+    out = Path(out)
     experiments = [load_experiment(i) for i in chosen]
+    writer = rank() == 0
     results = []
     for exp in tqdm(experiments, desc="bench", disable=not progress):
         try:
-            results.append(run_experiment(exp, quick=quick, seeds=seeds, figdir=out / "figures"))
+            r = run_experiment(exp, quick=quick, seeds=seeds, figdir=out / "figures")
         except Exception as err:  # one failing experiment must not hide the others' numbers
-            results.append(
-                {
-                    "id": exp.id,
-                    "claim": exp.claim,
-                    "metric": exp.checks[0].metric,
-                    "method": None,
-                    "baseline": None,
-                    "reproduced": False,
-                    "seconds": None,
-                    "quick": quick,
-                    "error": f"{type(err).__name__}: {err}",
-                    "traceback": traceback.format_exc(),
-                }
-            )
+            r = _error_record(exp, quick, err)
+        results.append(r)
+        if writer:
+            write_record(r, record_path(out, exp.id), base=out)
     rows = None
     if overhead:
         from priorkit.report.overhead import engine_overhead
 
         rows = engine_overhead()  # the same settings in both tiers: it is a measurement, not a smoke run
-    if rank() != 0:  # under a multi-process launch every rank ran the experiments; rank 0 writes the report
-        return results, {"json": out / "results.json", "md": out / "report.md", "html": out / "report.html"}
-    return results, write_report(results, out, title, overhead=rows)
+    paths = {"json": out / "results.json", "md": out / "report.md", "html": out / "report.html"}
+    if not writer:  # under a multi-process launch every rank ran the experiments; rank 0 writes the report
+        return results, paths
+    return results, write_report(collect(out, quick), out, title, overhead=rows)

@@ -22,9 +22,35 @@ def _num(v: Any) -> Any:
     return v
 
 
-def load_results(path: Path) -> list[dict[str, Any]]:
-    """Read a ``results.json`` written by :func:`write_report` (infinite values restored)."""
+def load_results(path: Path) -> Any:
+    """Read a ``results.json`` (a list) or one method's ``<id>.json`` (a record) written by the bench (infinite
+    values restored)."""
     return _num(json.loads(Path(path).read_text()))
+
+
+def write_record(record: dict[str, Any], path: Path, base: Path | None = None) -> Path:
+    """Write one method's record as standard JSON; figure paths become relative to ``base`` (the output folder),
+    so a committed folder renders anywhere."""
+    record = dict(record)
+    if base is not None and record.get("figures"):
+        record["figures"] = [_relative(f, base) for f in record["figures"]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_clean(record), indent=1, allow_nan=False) + "\n")
+    return path
+
+
+def _relative(f: str, base: Path) -> str:
+    try:
+        return str(Path(f).resolve().relative_to(Path(base).resolve()))
+    except ValueError:
+        return str(f)
+
+
+def _g(v: Any) -> str:
+    """A number as in the tables (``-`` when undefined)."""
+    if v is None:
+        return "-"
+    return f"{v:.4g}" if isinstance(v, int | float) else str(v)
 
 
 def _ci(c: dict[str, Any]) -> str:
@@ -37,7 +63,9 @@ def _ci(c: dict[str, Any]) -> str:
 def _fmt(stat: dict[str, float] | None) -> str:
     if not stat:
         return "-"
-    m, s = stat["mean"], stat.get("std", 0.0)
+    m, s = stat["mean"], stat.get("std") or 0.0
+    if m is None:
+        return "undefined"
     if m is None or (isinstance(m, float) and not math.isfinite(m)):
         return str(m)
     return f"{m:.4g} ± {s:.2g}" if s else f"{m:.4g}"
@@ -51,6 +79,10 @@ def _verdict(r: dict[str, Any]) -> str:
     if r.get("error"):
         return "error"
     return "reproduced" if r["reproduced"] else "not reproduced"
+
+
+def _md_check(c: dict[str, Any]) -> str:
+    return f"| {c['rule']} | {_g(c['method'])} | {_g(c['baseline'])} | {_ci(c)} | {'yes' if c['passed'] else 'no'} |"
 
 
 def render_markdown(results: list[dict[str, Any]], title: str = "priorkit bench") -> str:
@@ -83,16 +115,20 @@ def render_markdown(results: list[dict[str, Any]], title: str = "priorkit bench"
                       + ", ".join(f"{k}={v}" for k, v in r["config"].items()), ""]
         lines += ["| rule | method | baseline | 95% CI | passed |", "|---|---|---|---|---|"]
         for c in r["checks"]:
-            b = "-" if c["baseline"] is None else f"{c['baseline']:.4g}"
-            lines.append(
-                f"| {c['rule']} | {c['method']:.4g} | {b} | {_ci(c)} | {'yes' if c['passed'] else 'no'} |"
-            )
+            lines.append(_md_check(c))
+        if r.get("former_checks"):
+            lines += ["", f"Former rules (reported, not deciding): {r.get('former_note', '')}", "",
+                      "| former rule | method | baseline | 95% CI | passed |", "|---|---|---|---|---|"]
+            for c in r["former_checks"]:
+                lines.append(_md_check(c))
+        if r.get("diagnosis") and not r.get("reproduced"):
+            lines += ["", f"Diagnosis: {r['diagnosis']}"]
         lines += ["", "| metric | method | baseline |", "|---|---|---|"]
         am = r["all_metrics"]
         for k in sorted(set(am["method"]) | set(am["baseline"])):
             lines.append(f"| {k} | {_fmt(am['method'].get(k))} | {_fmt(am['baseline'].get(k))} |")
         for f in r.get("figures", []):
-            lines += ["", f"![{Path(f).stem}]({Path(f).parent.name}/{Path(f).name})"]
+            lines += ["", f"![{Path(f).stem}]({f})"]
         if r.get("notes"):
             lines += ["", f"Not run: {r['notes']}"]
     return "\n".join(lines) + "\n"
@@ -106,12 +142,24 @@ img{max-width:100%;border:1px solid #eee;margin:.4em 0}.small{color:#666;font-si
 """
 
 
-def _img(path: str) -> str:
+def _img(path: Path) -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode()
     return f'<img alt="{html.escape(Path(path).stem)}" src="data:image/png;base64,{data}">'
 
 
-def render_html(results: list[dict[str, Any]], title: str = "priorkit bench") -> str:
+def _check_rows(checks: list[dict[str, Any]], head: str = "rule") -> str:
+    e = html.escape
+    rows = [f"<table><tr><th>{head}</th><th>method</th><th>baseline</th><th>95% CI</th><th>passed</th></tr>"]
+    for c in checks:
+        cls = "ok" if c["passed"] else "no"
+        rows.append(
+            f"<tr><td>{e(c['rule'])}</td><td>{_g(c['method'])}</td><td>{_g(c['baseline'])}</td><td>{e(_ci(c))}</td>"
+            f"<td class='{cls}'>{'yes' if c['passed'] else 'no'}</td></tr>"
+        )
+    return "".join(rows) + "</table>"
+
+
+def render_html(results: list[dict[str, Any]], title: str = "priorkit bench", base: Path | None = None) -> str:
     e = html.escape
     quick = any(r.get("quick") for r in results)
     out = [
@@ -152,15 +200,14 @@ def render_html(results: list[dict[str, Any]], title: str = "priorkit bench") ->
                 + ", ".join(f"{e(k)}={e(str(v))}" for k, v in r["config"].items())
                 + "</p>"
             )
-        out.append("<table><tr><th>rule</th><th>method</th><th>baseline</th><th>95% CI</th><th>passed</th></tr>")
-        for c in r["checks"]:
-            b = "-" if c["baseline"] is None else f"{c['baseline']:.4g}"
-            cls = "ok" if c["passed"] else "no"
-            out.append(
-                f"<tr><td>{e(c['rule'])}</td><td>{c['method']:.4g}</td><td>{b}</td><td>{e(_ci(c))}</td>"
-                f"<td class='{cls}'>{'yes' if c['passed'] else 'no'}</td></tr>"
-            )
-        out.append("</table><table><tr><th>metric</th><th>method</th><th>baseline</th></tr>")
+        out.append(_check_rows(r["checks"]))
+        if r.get("former_checks"):
+            note = e(r.get("former_note", ""))
+            out.append(f"<p class='small'><b>Former rules</b> (reported, not deciding): {note}</p>")
+            out.append(_check_rows(r["former_checks"], "former rule"))
+        if r.get("diagnosis") and not r.get("reproduced"):
+            out.append(f"<p><b>Diagnosis:</b> {e(r['diagnosis'])}</p>")
+        out.append("<table><tr><th>metric</th><th>method</th><th>baseline</th></tr>")
         am = r["all_metrics"]
         for k in sorted(set(am["method"]) | set(am["baseline"])):
             out.append(
@@ -168,8 +215,9 @@ def render_html(results: list[dict[str, Any]], title: str = "priorkit bench") ->
             )
         out.append("</table>")
         for f in r.get("figures", []):
-            if Path(f).is_file():
-                out.append(_img(f))
+            path = Path(f) if base is None or Path(f).is_absolute() else Path(base) / f
+            if path.is_file():
+                out.append(_img(path))
         for block in r.get("html_blocks", []):
             out.append(block)
         if r.get("notes"):
@@ -217,13 +265,14 @@ def write_report(
 
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "md": out / "report.md", "html": out / "report.html"}
+    results = [{**r, "figures": [_relative(f, out) for f in r.get("figures", [])]} for r in results]
     paths["json"].write_text(json.dumps(_clean(results), indent=2, allow_nan=False))
     over_path = out / "overhead.json"
     if overhead is not None:
         over_path.write_text(json.dumps(overhead, indent=2))
     elif over_path.is_file():
         overhead = json.loads(over_path.read_text())
-    md, page = render_markdown(results, title), render_html(results, title)
+    md, page = render_markdown(results, title), render_html(results, title, base=out)
     if overhead:
         md += "\n" + overhead_markdown(overhead)
         page = page.replace("</body></html>", overhead_html(overhead) + "</body></html>")

@@ -142,22 +142,28 @@ def essential_sparsity(
     return max(s for s, p in zip(sparsities, perf) if ref - p <= allowed)
 
 
-def knee_sharpness(sparsities: Sequence[float], perf: Sequence[float], s_star: float) -> float:
-    """Mean drop per unit sparsity after ``s*`` divided by the mean drop per unit before it.
+def knee_sharpness(
+    sparsities: Sequence[float], perf: Sequence[float], s_star: float, *, tol: float = 0.01
+) -> float | None:
+    """How much faster the curve falls past the knee ``s*`` than before it ("flat, then a sharp drop").
 
-    > 1 means the curve falls faster past the knee ("flat, then a sharp drop"); inf if flat before.
+    The mean drop per unit sparsity after ``s*`` divided by the one before it, where the drop before it is
+    floored at ``tol`` (the tolerance that defined the knee, as for :func:`essential_sparsity`): a perfectly
+    flat start gives a finite, conservative ratio instead of infinity. Undefined (``None``) when there is no
+    flat region (``s*`` is the first grid point) or nothing past the knee (``s*`` is the last).
     """
     _check_curve(sparsities, perf)
+    check_range("tol", tol, 0.0, low_inclusive=False)
     if not any(abs(float(s_star) - float(s)) < 1e-9 for s in sparsities):
         raise PriorkitError(f"s_star must be one of the sparsities {list(sparsities)}, got {s_star!r}")
     s = torch.tensor(list(sparsities), dtype=torch.float64)
     p = torch.tensor(list(perf), dtype=torch.float64)
     k = int((s <= s_star + 1e-12).nonzero().max())
-    if k == len(s) - 1:
-        return 0.0
-    before = float((p[0] - p[k]) / max(float(s[k] - s[0]), 1e-12))
-    after = float((p[k] - p[-1]) / float(s[-1] - s[k]))
-    return after / before if before > 1e-12 else float("inf") if after > 0 else 0.0
+    if k == 0 or k == len(s) - 1:
+        return None
+    before = max(float(p[0] - p[k]), tol) / float(s[k] - s[0])
+    after = float(p[k] - p[-1]) / float(s[-1] - s[k])
+    return after / before
 
 
 @dataclass

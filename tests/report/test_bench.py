@@ -12,7 +12,8 @@ from priorkit.report.render import write_report
 
 def _toy_run(seed: int, quick: bool) -> dict:
     return {
-        "method": {"acc": 0.9 + 0.01 * seed, "ratio": float("inf"), "threads": float(torch.get_num_threads())},
+        "method": {"acc": 0.9 + 0.01 * seed, "ratio": None if seed == 1 else 4.0 + seed,
+                   "threads": float(torch.get_num_threads())},
         "baseline": {"acc": 0.8},
     }
 
@@ -25,7 +26,7 @@ TOY = Experiment(
     baseline_name="b",
     checks=[Check("acc", "higher", 0.05), Check("ratio", "higher", 3.0, against="value")],
     run=_toy_run,
-    seeds=3,
+    seeds=5,
     quick_seeds=2,
     threads=1,
 )
@@ -46,9 +47,11 @@ def test_run_experiment_aggregates_seeds_and_restores_threads(tmp_path):
     assert r["seeds"] == 4 and r["method"]["mean"] == pytest.approx(0.915)
     assert r["all_metrics"]["method"]["threads"]["mean"] == 1.0
     acc, ratio = r["checks"]
-    # differences 0.10..0.13: the 95% t-interval clears +0.05; an infinite ratio is not evidence
+    # differences 0.10..0.13: the 95% t-interval clears +0.05; a ratio the experiment declares undefined in one
+    # seed fails the check and says where (it is not averaged over the other seeds)
     assert acc["passed"] and acc["ci_low"] > 0.05 and acc["n"] == 4
-    assert not ratio["passed"] and ratio["why"] == "non-finite value" and not r["reproduced"]
+    assert not ratio["passed"] and ratio["why"] == "undefined in seed(s) [1]" and not r["reproduced"]
+    assert r["all_metrics"]["method"]["ratio"]["n"] == 3
     stamp = r["stamp"]
     assert stamp["torch"] == torch.__version__ and stamp["threads"] == 1 and stamp["seconds"] >= 0
     failing = run_experiment(Experiment(**{**TOY.__dict__, "checks": [Check("acc", "higher", 0.2)]}), quick=True)
@@ -58,7 +61,7 @@ def test_run_experiment_aggregates_seeds_and_restores_threads(tmp_path):
     assert {"id", "claim", "metric", "method", "baseline", "reproduced", "seconds", "quick", "stamp"} <= set(rows[0])
     assert "not reproduced" in paths["md"].read_text() and "<table>" in paths["html"].read_text()
     assert "smoke run" in paths["md"].read_text()
-    assert main(["report", str(tmp_path)]) == 0  # re-rendering the bench's own output (with inf) works
+    assert main(["report", str(tmp_path)]) == 0  # re-rendering the bench's own output (with None) works
 
 
 def test_paired_interval_rule():
@@ -69,6 +72,10 @@ def test_paired_interval_rule():
     low = Check("ece", "lower", 0.005)
     assert low.decide([0.02, 0.021, 0.019], [0.04, 0.041, 0.04])["passed"]
     assert Check("s", "higher", 0.3, against="value").decide([0.4, 0.41, 0.39], None)["passed"]
+    for bad_value in (float("nan"), float("inf")):  # NaN or inf is an error, never a verdict
+        with pytest.raises(PriorkitError, match="not finite in seed"):
+            c.decide([0.9, bad_value, 0.92], [0.8, 0.8, 0.81])
+    assert not c.decide([0.9, None, 0.92], [0.8, 0.8, 0.81])["passed"]
     with pytest.raises(PriorkitError, match="missing in seed"):
         bad = Experiment(**{**TOY.__dict__, "run": lambda seed, q: {"method": {} if seed else {"acc": 1.0},
                                                                        "baseline": {"acc": 0.5}}})  # fmt: skip
@@ -81,10 +88,16 @@ def test_bench_selection_and_errors():
         select_ids(["pskdd"])
 
 
-def test_cli_bench_writes_the_three_files(tmp_path, capsys):
+def test_cli_bench_writes_records_and_the_combined_report(tmp_path, capsys):
     out = tmp_path / "b"
     assert main(["bench", "--ids", "teen", "--quick", "--seeds", "1", "--out", str(out)]) == 0
-    assert {p.name for p in out.iterdir()} >= {"results.json", "report.md", "report.html"}
+    assert {p.name for p in out.iterdir()} >= {"teen.json", "results.json", "report.md", "report.html"}
+    assert main(["bench", "--ids", "tmv_hlp", "--quick", "--seeds", "1", "--out", str(out)]) == 0
+    combined = json.loads((out / "results.json").read_text())  # the earlier method stays, in registry order
+    assert [r["id"] for r in combined] == ["tmv_hlp", "teen"]
+    (out / "results.json").unlink()
+    assert main(["report", str(out)]) == 0  # rebuilt from the per-method records
+    assert {r["id"] for r in json.loads((out / "results.json").read_text())} == {"teen", "tmv_hlp"}
     assert "report:" in capsys.readouterr().out
     assert main(["bench", "--ids", "teen", "--seeds", "0", "--out", str(out)]) == 2
 

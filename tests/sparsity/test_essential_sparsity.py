@@ -64,7 +64,12 @@ def test_essential_sparsity_is_monotone_in_tolerance():
     perf = [0.9, 0.9, 0.895, 0.85, 0.5]
     values = [essential_sparsity(s, perf, tol) for tol in (0.0, 0.004, 0.01, 0.06, 0.5)]
     assert values == sorted(values) and values[2] == 0.2
-    assert knee_sharpness(s, perf, 0.2) > 10
+    # before the knee: drop 0.005 floored at tol 0.01 over 0.2; after: 0.395 over 0.2 -> 39.5
+    assert knee_sharpness(s, perf, 0.2, tol=0.01) == pytest.approx(0.395 / 0.01)
+    # a perfectly flat start is finite (floored at the tolerance), not inf
+    assert knee_sharpness(s, [0.9, 0.9, 0.9, 0.85, 0.5], 0.2, tol=0.01) == pytest.approx(0.4 / 0.01)
+    assert knee_sharpness(s, perf, 0.0) is None  # no flat region: undefined
+    assert knee_sharpness(s, perf, 0.4) is None  # nothing past the knee: undefined
     with pytest.raises(PriorkitError, match="start at 0"):
         essential_sparsity([0.1, 0.2], [1, 1])
 
