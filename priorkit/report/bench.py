@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from priorkit.core.errors import PriorkitError
 from priorkit.core.registry import FAMILIES, get, list_methods
-from priorkit.experiments.base import Experiment, run_experiment
+from priorkit.experiments.base import Experiment, config_hash, run_ablations, run_experiment
 from priorkit.nn.distributed import rank
 from priorkit.report.render import write_report
 
@@ -66,6 +66,20 @@ def collect(out: Path, quick: bool) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: (order.get(r["id"], len(order)), r["id"]))
 
 
+def _add_ablations(exp: Experiment, out: Path, quick: bool) -> dict[str, Any]:
+    from priorkit.report.render import load_results
+
+    if quick:
+        raise PriorkitError("ablations run at the full budget only: drop --quick")
+    path = record_path(out, exp.id)
+    if not path.is_file():
+        raise PriorkitError(f"no record {path} to add ablations to: run `priorkit bench --ids {exp.id}` first")
+    record = load_results(path)
+    if record.get("config_hash") != config_hash(exp.full):
+        raise PriorkitError(f"{path} was run with another config ({record.get('config_hash')}); rerun it in full")
+    return {**record, "ablations": run_ablations(exp)}
+
+
 def _error_record(exp: Experiment, quick: bool, err: Exception) -> dict[str, Any]:
     return {
         "id": exp.id,
@@ -91,11 +105,14 @@ def run_bench(
     progress: bool = True,
     title: str = "priorkit bench",
     overhead: bool = False,
+    ablations_only: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, Path]]:
     """Run the experiments; write each method's record to ``<out>/<id>.json`` as soon as it finishes, then the
     combined ``results.json``, ``report.md`` and ``report.html`` over every record of this tier in ``out``
-    (methods benched earlier into the same folder stay in the table). With ``overhead`` also the
-    engine-overhead benchmark (:mod:`priorkit.report.overhead`). Only rank 0 of a multi-process launch writes."""
+    (methods benched earlier into the same folder stay in the table). ``ablations_only``: run only the
+    experiments' ablations and add them to the records already in ``out`` (whose config must still be the
+    experiment's). With ``overhead`` also the engine-overhead benchmark (:mod:`priorkit.report.overhead`).
+    Only rank 0 of a multi-process launch writes."""
     from priorkit.report.render import write_record
 
     chosen = select_ids(ids, family)
@@ -109,7 +126,10 @@ def run_bench(
     results = []
     for exp in tqdm(experiments, desc="bench", disable=not progress):
         try:
-            r = run_experiment(exp, quick=quick, seeds=seeds, figdir=out / "figures")
+            if ablations_only:
+                r = _add_ablations(exp, out, quick)
+            else:
+                r = run_experiment(exp, quick=quick, seeds=seeds, figdir=out / "figures")
         except Exception as err:  # one failing experiment must not hide the others' numbers
             r = _error_record(exp, quick, err)
         results.append(r)

@@ -85,6 +85,21 @@ def _md_check(c: dict[str, Any]) -> str:
     return f"| {c['rule']} | {_g(c['method'])} | {_g(c['baseline'])} | {_ci(c)} | {'yes' if c['passed'] else 'no'} |"
 
 
+def _ablation_rows(r: dict[str, Any]) -> list[list[str]]:
+    """One row per ablation: name, overrides, seeds, then per main check: method - baseline (CI) and passed."""
+    rows = []
+    for a in r.get("ablations", []):
+        cells = [a["name"], ", ".join(f"{k}={v}" for k, v in a["overrides"].items()), str(a["seeds"])]
+        for c in a["checks"]:
+            cells.append(f"{_g(c['method'])} vs {_g(c['baseline'])}; CI {_ci(c)}; {'yes' if c['passed'] else 'no'}")
+        rows.append(cells)
+    return rows
+
+
+def _ablation_head(r: dict[str, Any]) -> list[str]:
+    return ["ablation", "overrides", "seeds", *[c["rule"] for c in r.get("checks", [])]]
+
+
 def render_markdown(results: list[dict[str, Any]], title: str = "priorkit bench") -> str:
     quick = any(r.get("quick") for r in results)
     lines = [
@@ -121,6 +136,11 @@ def render_markdown(results: list[dict[str, Any]], title: str = "priorkit bench"
                       "| former rule | method | baseline | 95% CI | passed |", "|---|---|---|---|---|"]
             for c in r["former_checks"]:
                 lines.append(_md_check(c))
+        if r.get("ablations"):
+            head = _ablation_head(r)
+            lines += ["", "Measured ablations (same checks, fewer seeds):", "", "| " + " | ".join(head) + " |",
+                      "|" + "---|" * len(head)]  # fmt: skip
+            lines += ["| " + " | ".join(row) + " |" for row in _ablation_rows(r)]
         if r.get("diagnosis") and not r.get("reproduced"):
             lines += ["", f"Diagnosis: {r['diagnosis']}"]
         lines += ["", "| metric | method | baseline |", "|---|---|---|"]
@@ -205,6 +225,11 @@ def render_html(results: list[dict[str, Any]], title: str = "priorkit bench", ba
             note = e(r.get("former_note", ""))
             out.append(f"<p class='small'><b>Former rules</b> (reported, not deciding): {note}</p>")
             out.append(_check_rows(r["former_checks"], "former rule"))
+        if r.get("ablations"):
+            out.append("<p class='small'><b>Measured ablations</b> (same checks, fewer seeds)</p><table><tr>"
+                       + "".join(f"<th>{e(h)}</th>" for h in _ablation_head(r)) + "</tr>")  # fmt: skip
+            out += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in _ablation_rows(r)]
+            out.append("</table>")
         if r.get("diagnosis") and not r.get("reproduced"):
             out.append(f"<p><b>Diagnosis:</b> {e(r['diagnosis'])}</p>")
         out.append("<table><tr><th>metric</th><th>method</th><th>baseline</th></tr>")

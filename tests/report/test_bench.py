@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -112,3 +113,43 @@ def test_engine_overhead_section_is_rendered(tmp_path):
     assert "## Engine overhead" in paths["md"].read_text() and "engine-overhead" in paths["html"].read_text()
     again = write_report([], tmp_path)  # overhead.json from the earlier run is rendered again
     assert "## Engine overhead" in again["md"].read_text()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cfg:
+    gain: float = 0.1
+
+
+def _cfg_run(seed: int, c: _Cfg) -> dict:
+    return {"method": {"acc": 0.8 + c.gain + 0.001 * seed}, "baseline": {"acc": 0.8}}
+
+
+CFG_EXP = Experiment(
+    id="toy_cfg", claim="c", setup="s", method_name="m", baseline_name="b", checks=[Check("acc", "higher", 0.05)],
+    run=_cfg_run, quick=_Cfg(), full=_Cfg(), ablations={"no gain": {"gain": 0.0}}, ablation_seeds=2,
+)  # fmt: skip
+
+
+def test_ablations_run_beside_the_main_result_and_never_change_it(tmp_path, monkeypatch):
+    from priorkit.experiments.base import config_hash
+    from priorkit.report import bench
+
+    r = run_experiment(CFG_EXP, quick=False)
+    assert r["reproduced"] and r["config_hash"] == config_hash(_Cfg())
+    (a,) = r["ablations"]
+    assert a["name"] == "no gain" and a["seeds"] == 2 and not a["checks"][0]["passed"]
+    assert a["config_hash"] == config_hash(_Cfg(gain=0.0)) != r["config_hash"]
+    assert run_experiment(CFG_EXP, quick=True)["ablations"] == []  # the smoke tier runs none
+    paths = write_report([r], tmp_path)
+    assert "Measured ablations" in paths["md"].read_text() and "no gain" in paths["html"].read_text()
+    # --ablations-only adds them to a committed record whose config still matches, and refuses otherwise
+    monkeypatch.setattr(bench, "load_experiment", lambda i: CFG_EXP)
+    monkeypatch.setattr(bench, "select_ids", lambda ids, family: ["toy_cfg"])
+    from priorkit.report.render import write_record
+
+    write_record({**r, "ablations": []}, tmp_path / "toy_cfg.json")
+    (again,), _ = bench.run_bench(["toy_cfg"], out=tmp_path, ablations_only=True, progress=False)
+    assert again["ablations"][0]["name"] == "no gain" and again["per_seed"] == r["per_seed"]
+    write_record({**r, "config_hash": "stale"}, tmp_path / "toy_cfg.json")
+    (bad,), _ = bench.run_bench(["toy_cfg"], out=tmp_path, ablations_only=True, progress=False)
+    assert "another config" in bad["error"]
