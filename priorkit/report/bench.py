@@ -62,7 +62,7 @@ def collect(out: Path, quick: bool) -> list[dict[str, Any]]:
             continue
         r = load_results(f)
         if isinstance(r, dict) and "id" in r and bool(r.get("quick")) == quick:
-            records.append(r)
+            records.append(_refresh_text(r))
     return sorted(records, key=lambda r: (order.get(r["id"], len(order)), r["id"]))
 
 
@@ -78,6 +78,21 @@ def _add_ablations(exp: Experiment, out: Path, quick: bool) -> dict[str, Any]:
     if record.get("config_hash") != config_hash(exp.full):
         raise PriorkitError(f"{path} was run with another config ({record.get('config_hash')}); rerun it in full")
     return {**record, "ablations": run_ablations(exp)}
+
+
+TEXT_FIELDS = ("claim", "setup", "method_name", "baseline_name", "notes", "diagnosis", "former_note")
+
+
+def _refresh_text(record: dict[str, Any]) -> dict[str, Any]:
+    """The prose of a record (claim, setup, notes, diagnosis) from the current experiment when the record's
+    numbers are still its numbers (same config hash): prose edited after a run needs no rerun."""
+    if record.get("error") or not has_experiment(record["id"]):
+        return record
+    exp = load_experiment(record["id"])
+    cfg = exp.config(bool(record.get("quick")))
+    if record.get("config_hash") is None or record["config_hash"] != config_hash(cfg):
+        return record
+    return {**record, **{k: getattr(exp, k) for k in TEXT_FIELDS}}
 
 
 def _error_record(exp: Experiment, quick: bool, err: Exception) -> dict[str, Any]:
