@@ -13,15 +13,17 @@ views and epochs, SGD with cosine decay) is reported beside it under ``ce_*`` wh
 reported as ``*_official_centering``; the class-conditional Mahalanobis score of the CE model as ``ce_cmaha_*``).
 Every setting is in :class:`Config` (``QUICK`` and ``FULL``), which the report prints.
 
-Rule (fixed before the first run, from the card's "Expected": PALM >= the M=1 variant on near-OOD by roughly 1-3
-AUROC points): near-OOD AUROC of PALM at least 0.01 above the M=1 variant's.
+Rule (the card's "Expected: PALM >= the M=1 variant on near-OOD by roughly 1-3 AUROC points. The effect may be
+small at this scale, so report the spread honestly."): the 95% t-interval of the seed-paired near-OOD AUROC
+differences (PALM - M=1) lies entirely above 0.01, the low end of the card's effect. The margin is the effect size
+the card states, not an allowance for noise: the seed-to-seed spread (about as large as the effect here) widens
+the paired interval instead, so a real 1-point gain needs seeds that agree on it. The margin is unchanged since the
+first run (it was already the card's low end); the bench now decides every check on the paired interval.
 
-Results (first runs, CPU): full mode (5 seeds x 150 epochs) near-OOD AUROC 0.969 +- 0.013 (PALM) vs 0.958 +-
-0.017 (M=1) - the rule passes, by 1.2 points, but PALM is lower on seed 0 (0.946 vs 0.978) and higher on the other
-four; FPR95 0.19 vs 0.24; far-OOD AUROC 0.998 vs 0.994; CE + SSD+ 0.962, CE + class-conditional Mahalanobis 0.970.
-Quick mode (seeds 0-1, 100 epochs): 0.9675 +- 0.007 vs 0.968 +- 0.006, so the quick rule does not pass: with two
-seeds the difference is inside the seed spread. At this scale (5 ID classes of 8x8 digits, ~630 training images)
-one prototype per class already separates the held-out digits well; the card warned the effect may be small.
+What was learnt: at this scale (5 ID classes of 8x8 digits, a few hundred training images) one prototype per class
+already separates the held-out digits well, so the near-OOD difference between M=6 and M=1 is of the order of the
+seed spread and changes sign between seeds; two quick-tier seeds cannot resolve it. The card warned the effect may
+be small.
 """
 
 from __future__ import annotations
@@ -184,5 +186,7 @@ EXPERIMENT = Experiment(
     seeds=5,
     quick_seeds=2,
     plot=plot,
-    notes="The CE-trained encoder with the same SSD+ score is reported as ce_* in the baseline column.",
+    notes="The CE-trained encoder with the same SSD+ score is reported as ce_* in the baseline column. The margin "
+    "(0.01 AUROC) is the low end of the card's expected 1-3 points; the per-seed spread enters the paired 95% "
+    "interval, not the margin.",
 )

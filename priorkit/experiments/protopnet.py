@@ -11,27 +11,29 @@ reported model is the interpretable one. Baseline: the same Conv4 with global av
 setting is in :class:`Config` (``QUICK`` and ``FULL``), which the report prints; the full tier also runs the
 card's digits check (8x8 digits, 10 classes) as extra numbers.
 
-Claim (rule fixed before the first run): ProtoPNet's test accuracy is at most 2 points below the baseline's
-(card: "within about 2 points"). The method's metrics also carry the distance-kernel speed (``kernel_gflops``,
-``matmul_gflops``, ``kernel_ratio``: the expansion-form kernel vs a plain matmul of the same M, N, K, timed
-single-threaded), the accuracy right before the last push, the number of unique pushed patches and the
-shrink factor of the off-class weights' L1 during the last-layer stage.
+Rule (fixed before the first run): ProtoPNet's test accuracy is at most 2 points below the baseline's (card: "within
+about 2 points"). The method's metrics also carry the distance-kernel speed (``kernel_gflops``, ``matmul_gflops``,
+``kernel_ratio``: the expansion-form kernel vs a plain matmul of the same M, N, K, timed single-threaded), the
+accuracy right before the last push, the number of unique pushed patches, the shrink factor of the off-class
+weights' L1 during the last last-layer stage (``offclass_l1_shrink``) and the largest shrink that stage's Adam steps
+could reach at all (``offclass_l1_shrink_max``, :func:`adam_travel_bound`).
 
-First run (quick, 2 seeds, 2026-11-28, on a 2-core machine shared with several other jobs): NOT reproduced.
-ProtoPNet 0.372 (0.357 / 0.387) vs baseline 0.954 (0.965 / 0.942) test accuracy; accuracy right before the
-push was 0.70 / 0.48, so the quick budget (9 epochs, 2 of them warm with a frozen *random* backbone) leaves the
-prototypes far from any latent patch (pushed distances up to ~1.1) and the push then destroys most of what the
-head had learnt; 5 last-layer epochs at lr 1e-4 barely move W (off-class L1 shrink 1.00x). The paper's setting
-starts from an ImageNet-pretrained backbone, which this from-scratch CPU check does not have. The quick run
-took 570 s wall under that load; on an idle machine the quick run takes ~13 s.
-Full mode (3 seeds, `priorkit bench --ids protopnet`): reproduced. parts: ProtoPNet 0.986 vs backbone 1.000;
-the card's digits check: 0.972 vs 0.989 (both within 2 points); 20 unique pushed patches of 20. With the full
-budget the latent space is organised before the pushes (0.988 right before the last push), so the push costs
-almost nothing. Kernel speed: kernel_ratio 0.79 (57.0 vs 72.8 GFLOP/s).
+The card also expects "The wrong-class weights' L1 norm shrinks by more than 5x during the last-layer phase". That
+is not checked, because it cannot hold at the official last-layer optimiser in the step count of this check (nor
+of the card's digits check): see ``notes`` (the bound is computed there from the config).
+
+What was learnt: the quick budget (a few epochs, two of them warm with a frozen *random* backbone) leaves the
+prototypes far from any latent patch, so the push destroys most of what the head had learnt and ProtoPNet is far
+below the baseline; with the full budget the latent space is organised before the pushes and the push costs
+little. The paper starts from an ImageNet-pretrained backbone, which this from-scratch CPU check does not have.
+The off-class weights barely move in the last-layer stage: the cross-entropy gradient on a wrong-class weight
+pushes it further negative while the 1e-4 L1 pull is tiny, and Adam at lr 1e-4 moves a weight by about 1e-4 per
+step whatever the gradient's size.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -40,6 +42,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from priorkit.core.errors import check_positive_int
 from priorkit.core.seeding import seed_everything
 from priorkit.data import load_digits
 from priorkit.data.datasets import IndexedTensorDataset
@@ -49,7 +52,7 @@ from priorkit.experiments.base import Check, Experiment, SeedResult
 from priorkit.metrics import accuracy
 from priorkit.models import Conv4
 from priorkit.prototypes.protopnet import ProtoPNet
-from priorkit.prototypes.protopnet_base import PhaseSchedule, PushResult, l1_off_class, protopnet_recipe
+from priorkit.prototypes.protopnet_base import PhaseSchedule, PushResult, protopnet_recipe
 from priorkit.train import RunState, TrainConfig, Trainer, predict
 
 
@@ -113,6 +116,29 @@ class ArmConfig(Protocol):
     prototype_lr: float
 
 
+def adam_travel_bound(lr: float, first_step: int, n_steps: int, betas: tuple[float, float] = (0.9, 0.999)) -> float:
+    """The farthest one parameter can move in Adam steps ``first_step + 1 .. first_step + n_steps`` (no weight
+    decay), whatever the gradients: step t moves it by ``lr |m_t| / (1 - b1^t) / sqrt(v_t / (1 - b2^t))``, and
+    Cauchy-Schwarz on the two moment sums bounds ``|m_t| / sqrt(v_t)`` by ``(1 - b1) / sqrt(1 - b2) *
+    sqrt(sum_{k<t} (b1^2 / b2)^k)``. Equal to ``lr`` per step at t = 1, it grows to about 7.3 ``lr`` per step
+    (torch's default betas) for adversarial gradient sequences; a gradient of steady sign moves ``lr`` per step."""
+    check_positive_int("first_step", first_step, 0)
+    check_positive_int("n_steps", n_steps, 0)
+    b1, b2 = betas
+    r = b1 * b1 / b2
+    total = 0.0
+    for t in range(first_step + 1, first_step + n_steps + 1):
+        geo = float(t) if r == 1.0 else (1.0 - r**t) / (1.0 - r)
+        total += (1.0 - b1) / math.sqrt(1.0 - b2) * math.sqrt(geo) * math.sqrt(1.0 - b2**t) / (1.0 - b1**t)
+    return lr * total
+
+
+def last_layer_steps(c: ArmConfig, n_train: int) -> tuple[int, int]:
+    """``(steps per last-layer stage, number of last-layer stages)`` of the family's arm on ``n_train`` images."""
+    schedule = PhaseSchedule(**arm_schedule(c))
+    return c.last_layer_epochs * -(-n_train // c.batch_size), len(schedule.push_epochs())
+
+
 def _acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return accuracy(predict(model, x), y)
 
@@ -157,18 +183,19 @@ def train_protopnet(
     seed: int,
     *,
     before_push: Callable[[RunState], Mapping[str, float] | None] | None = None,
+    after_step: Callable[[nn.Module, str], None] | None = None,
     **schedule_kw: Any,
 ) -> tuple[ProtoPNet, PushResult, PhaseSchedule]:
     """The family's ProtoPNet arm on a from-scratch Conv4 (two pools): ``c.k`` prototypes of dim ``c.dim`` per
     class, the official loss, and the warm / joint / push / last-layer schedule of :func:`arm_schedule` (the
     from-scratch joint backbone lr is ``SPEC.presets['small']``'s); ``schedule_kw`` overrides schedule fields
-    (StepLR, ...)."""
+    (StepLR, ...); ``after_step(model, stage)`` runs after every optimiser step."""
     kw = arm_schedule(c)
     kw.update(schedule_kw)
     schedule = PhaseSchedule(**kw)
     seed_everything(seed)
     model = ProtoPNet(Conv4(in_ch, c.width, n_classes, pools=2), n_classes, c.k, c.dim)
-    _, push = train_prototype_recipe(model, x, y, schedule, seed, before_push=before_push)
+    _, push = train_prototype_recipe(model, x, y, schedule, seed, before_push=before_push, after_step=after_step)
     return model, push, schedule
 
 
@@ -196,21 +223,39 @@ def train_backbone_baseline(
 
 
 def _pair(train_x, train_y, test_x, test_y, in_ch: int, c: Config, n_classes: int, seed: int):
-    seen: dict = {}
+    seen: dict = {"last_layer_steps": 0}
+
+    def off_class(m: nn.Module) -> torch.Tensor:
+        return m.last_layer.weight.detach()[(1.0 - m.prototype_identity.t()).bool()].abs()
 
     def before_push(state: RunState) -> dict[str, float]:  # the last write is the one before the last push
         m = state.model
         seen["acc_before_push"] = _acc(m, test_x, test_y)
-        seen["l1_before"] = float(l1_off_class(m.last_layer.weight.detach(), m.prototype_identity))
+        seen["off_before"] = off_class(m).clone()
+        seen["steps_before"] = seen["last_layer_steps"]
         return {"test_acc": seen["acc_before_push"]}
 
-    model, push, schedule = train_protopnet(train_x, train_y, c, in_ch, n_classes, seed, before_push=before_push)
-    l1_after = float(l1_off_class(model.last_layer.weight.detach(), model.prototype_identity))
+    def after_step(m: nn.Module, stage: str) -> None:
+        if stage == "last_layer":
+            seen["last_layer_steps"] += 1
+
+    model, push, schedule = train_protopnet(
+        train_x, train_y, c, in_ch, n_classes, seed, before_push=before_push, after_step=after_step
+    )
+    l1_before = float(seen["off_before"].sum())
+    l1_after = float(off_class(model).sum())
+    # the farthest Adam's steps of the last last-layer stage can move one weight, and the L1 left if every
+    # off-class weight moved that far towards 0
+    travel = adam_travel_bound(
+        schedule.last_layer_lrs["last_layer"], seen["steps_before"], seen["last_layer_steps"] - seen["steps_before"]
+    )
+    floor = float((seen["off_before"] - travel).clamp_min(0.0).sum())
     meth = {
         "acc": _acc(model, test_x, test_y),
         "acc_before_last_push": seen["acc_before_push"],
         "unique_pushed_patches": float(push.n_unique),
-        "offclass_l1_shrink": seen["l1_before"] / max(l1_after, 1e-12),
+        "offclass_l1_shrink": l1_before / max(l1_after, 1e-12),
+        "offclass_l1_shrink_max": l1_before / floor if floor > 0 else None,
     }
     n_epochs = c.epochs + c.last_layer_epochs * len(schedule.push_epochs())
     base_model = train_backbone_baseline(
@@ -282,6 +327,32 @@ def plot(results: list[SeedResult], outdir: Path) -> list[Path]:
     return paths
 
 
+def _shrink_note(c: Config) -> str:
+    """Why the card's ">5x off-class L1 shrink" is not a check: the bound on the last-layer stage's Adam steps,
+    computed from the full tier's config (so it cannot go stale)."""
+    lr = PhaseSchedule().last_layer_lrs["last_layer"]
+    steps, stages = last_layer_steps(c, c.n_train)
+    steady, worst = lr * steps * stages, adam_travel_bound(lr, 0, steps * stages)
+    return (
+        "Off-class L1 shrink: the card expects 'The wrong-class weights' L1 norm shrinks by more than 5x during "
+        "the last-layer phase'. The paper's last-layer stage (its Sec. 2.2, paraphrased: the quote could not be "
+        "checked against the paper's text here) aims at off-class weights near 0, starting from -0.5, and gives "
+        "no factor. It is not a check here because it cannot hold in this run. "
+        f"The stage is Adam at the official lr {lr:g} with the L1 coefficient 1e-4 (settings.py: "
+        "last_layer_optimizer_lr, coefs['l1']); Adam moves a weight by about lr per step whatever the gradient's "
+        "size (plain SGD would move it by lr * 1e-4 per step under the L1 term alone). The full tier takes "
+        f"{steps} last-layer steps per push ({c.last_layer_epochs} epochs of {-(-c.n_train // c.batch_size)} "
+        f"batches) and {stages} pushes: a steady pull moves an off-class weight from -0.5 by at most {steady:.3g} "
+        f"over the whole run, and even the worst case of Adam's step (adam_travel_bound) allows {worst:.3g}, so "
+        f"the off-class L1 can shrink at most {0.5 / (0.5 - worst):.2f}x, while 5x needs a move of 0.4 (to -0.1). "
+        "The card's digits check takes fewer steps still. In the paper's CUB run (30 augmented copies of each "
+        "of the 5,994 training images by img_aug.py, batch 80, 20 last-layer epochs per push) the stage takes "
+        "about 45,000 steps, room to move a weight by 4.5, so a large shrink belongs to that long stage, not to "
+        "this short check. offclass_l1_shrink_max is the per-seed ceiling of offclass_l1_shrink over the last "
+        "last-layer stage."
+    )
+
+
 EXPERIMENT = Experiment(
     id="protopnet",
     claim="ProtoPNet's accuracy is within 2 points of the same backbone without prototypes, with case-based "
@@ -294,9 +365,10 @@ EXPERIMENT = Experiment(
     run=run,
     quick=QUICK,
     full=FULL,
-    seeds=3,
+    seeds=5,
     quick_seeds=2,
     plot=plot,
     notes="kernel_gflops / matmul_gflops / kernel_ratio time the prototype-distance kernel against a matmul of "
-    "the same size (M = kernel_batch * kernel_map^2, N = kernel_prototypes, K = kernel_dim), single-threaded.",
+    "the same size (M = kernel_batch * kernel_map^2, N = kernel_prototypes, K = kernel_dim), single-threaded. "
+    + _shrink_note(FULL),
 )

@@ -2,13 +2,17 @@
 
 An MLP trained with SGD (momentum, weight decay, step decay at ``milestones``) and random shifts, with
 cross-entropy and with PS-KD on the same budget; the full tier also runs an alpha_T sweep. Every setting is in
-:class:`Config` (``QUICK`` and ``FULL``), which the report prints. Claim (fixed before the first run): lower
-test ECE than CE (by at least 0.005) and accuracy no more than 0.5 points below CE.
+:class:`Config` (``QUICK`` and ``FULL``), which the report prints.
 
-Measured: the full run reproduces (ECE 0.039 vs 0.047 at equal accuracy, 0.810 vs 0.809; alpha_T 0.4/0.6 give
-ECE 0.030); the quick run does not (40 epochs: CE is still under-fit and well calibrated, ECE 0.025, and the
-softened targets make PS-KD under-confident, ECE 0.062). PS-KD corrects over-confidence, which needs training
-long enough for the network to become over-confident.
+Rule (the card's "Expected: ECE drops by a factor of 2-5, NLL lower; accuracy equal or up 0.5-2 points. Report if
+accuracy does not improve (small data may show calibration gains only)"): the per-seed ratio
+``ece_ratio = ECE(PS-KD) / ECE(CE)`` is at most 0.5 (a factor of 2, the low end of the card's range), NLL is lower
+than CE's, and accuracy is no more than 0.5 points below CE's (the card allows calibration-only gains). The first
+rule asked only for an ECE 0.005 lower than CE's (kept as ``former_checks``).
+
+What was learnt: PS-KD corrects over-confidence, which needs training long enough for the network to become
+over-confident. In the quick tier (40 epochs) CE is still under-fit and already well calibrated, and the softened
+targets make PS-KD under-confident, so ECE rises; the full budget is the one the card describes.
 """
 
 from __future__ import annotations
@@ -50,6 +54,12 @@ FULL = Config()
 QUICK = Config(epochs=40, milestones=(20, 30), alpha_sweep=())
 
 
+def _ece_ratio(method: float, baseline: float) -> float | None:
+    """ECE(method) / ECE(baseline) of one seed, the card's "factor" (< 1: PS-KD is better calibrated); undefined
+    (``None``) when the baseline's ECE is exactly 0."""
+    return None if baseline == 0 else method / baseline
+
+
 def run(seed: int, c: Config) -> SeedResult:
     data = load_mnist1d(seed=seed)
     cfg = TrainConfig(
@@ -68,6 +78,7 @@ def run(seed: int, c: Config) -> SeedResult:
     base_model, base, _ = train_and_test(make, data.train, data.test, cfg, lambda m: [shift])
     n = len(data.train)
     model, meth, _ = train_and_test(make, data.train, data.test, cfg, lambda m: [shift, PSKD(n, 10, alpha_T=c.alpha_T)])
+    meth["ece_ratio"] = _ece_ratio(meth["ece"], base["ece"])
     curves = {}
     for side, m in (("baseline", base_model), ("method", model)):
         rel = reliability(predict(m, data.test), data.test.y)
@@ -78,6 +89,7 @@ def run(seed: int, c: Config) -> SeedResult:
         }
     for a in c.alpha_sweep:
         _, sweep, _ = train_and_test(make, data.train, data.test, cfg, lambda m, a=a: [shift, PSKD(n, 10, alpha_T=a)])
+        sweep["ece_ratio"] = _ece_ratio(sweep["ece"], base["ece"])
         meth.update({f"{k}@alpha_T={a}": v for k, v in sweep.items()})
     return {"method": meth, "baseline": base, "curves": curves}
 
@@ -112,12 +124,21 @@ def plot(results: list[SeedResult], outdir: Path) -> list[Path]:
 
 EXPERIMENT = Experiment(
     id="pskd",
-    claim="Lower ECE than cross-entropy at equal or better accuracy, same budget",
+    claim="ECE at least 2x lower than cross-entropy's (the card: a factor of 2-5), lower NLL, accuracy equal or "
+    "better (within 0.5 points), same budget",
     setup="mnist1d, MLP 40-hidden-10, SGD with momentum and step decay, random-shift augmentation; the same "
     "budget for both",
     method_name="PS-KD",
     baseline_name="cross-entropy",
-    checks=[Check("ece", "lower", 0.005), Check("acc", "higher", -0.005)],
+    checks=[
+        Check("ece_ratio", "lower", 0.5, against="value"),
+        Check("nll", "lower", 0.0),
+        Check("acc", "higher", -0.005),
+    ],
+    former_checks=[Check("ece", "lower", 0.005), Check("acc", "higher", -0.005)],
+    former_note="The first rule asked for an ECE only 0.005 below cross-entropy's (any small absolute gain passed) and "
+    "did not check NLL; the card expects ECE to fall by a factor of 2-5 with a lower NLL, so the rule now asks for "
+    "a per-seed ECE ratio of at most 0.5 and a lower NLL. The accuracy rule is unchanged.",
     run=run,
     quick=QUICK,
     full=FULL,
