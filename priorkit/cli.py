@@ -85,11 +85,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         )
     for r in results:
         verdict = "ERROR " + r["error"] if r.get("error") else ("reproduced" if r["reproduced"] else "not reproduced")
-        m, b = r.get("method") or {}, r.get("baseline") or {}
-        print(
-            f"{r['id']:<22} {r.get('metric')}: method {m.get('mean', float('nan')):.4g} "
-            f"vs baseline {b.get('mean', float('nan')):.4g} -> {verdict}"
-        )
+        m, b = (r.get("method") or {}).get("mean"), (r.get("baseline") or {}).get("mean")
+        against = "" if b is None else f" vs baseline {b:.4g}"
+        print(f"{r['id']:<22} {r.get('metric')}: method {'-' if m is None else f'{m:.4g}'}{against} -> {verdict}")
     print(f"report: {paths['html'].resolve()}\n        {paths['md'].resolve()}\n        {paths['json'].resolve()}")
     return 1 if any(r.get("error") for r in results) else 0
 

@@ -93,7 +93,7 @@ class Check:
         if self.against == "value":
             return f"95% CI of method {self.metric} {op} {self.margin:g}"
         ref = self.margin if self.direction == "higher" else -self.margin
-        return f"95% CI of (method - baseline) {self.metric} {op} {ref:+g}"
+        return f"95% CI of (method - baseline) {self.metric} {op} {ref + 0.0:+g}"  # + 0.0: no "-0"
 
 
 @dataclass

@@ -30,23 +30,15 @@ Every run also reports ``part_hit_rate`` (priorkit's diagnostic, added after the
 budget or seeds): 100 x the fraction of (test image, own-class prototype) pairs whose box covers any part. The
 paper's stability counts a pair that covers no part with and without noise as stable, so it must be read with it.
 
-First runs (2026-11-28, a 2-core machine at load ~11). Quick (2 seeds; ~6 s CPU per seed single-threaded for
-training + scores, 124 s CPU / 421 s wall for the whole bench with two contending threads): NOT reproduced.
-Consistency passes: EvalProtoPNet 28.1 (37.5 / 18.8) vs ProtoPNet 0.0 (0 / 0). Stability fails: 60.3 (52.5 / 68.1)
-vs 81.5 (85.8 / 77.3). Accuracy 0.868 vs 0.358; part_hit_rate 59.8 vs 14.9. The quick ProtoPNet is degenerate
-(as in the ``protopnet`` experiment, the push after 8 from-scratch epochs wrecks it: accuracy near chance 0.25),
-its prototypes sit on the background in ~85% of pairs, and background boxes that cover no part stay "stable" under
-noise; so the stability failure measures the metric's blind spot rather than SDFA. A quick-size diagnostic of the
-same model without SDFA (not part of the rule): consistency 31.3 / 18.8, stability 62.1 / 72.0, accuracy 0.845 /
-0.870, i.e. at this budget SDFA changes neither score beyond seed noise.
-Full mode (3 seeds, each run as its own single-threaded process, ~130 s CPU per seed; not yet through
-``priorkit bench``): REPRODUCED. Consistency 52.1 (62.5 / 43.8 / 50.0) vs ProtoPNet 10.4 (6.3 / 18.8 / 6.3);
-stability 71.1 (72.3 / 77.3 / 63.8) vs 60.6 (60.3 / 64.5 / 57.0); accuracy 1.000 vs 0.988; part_hit_rate (seeds
-1, 2) 73.9 / 57.9 vs 45.1 / 45.1. The ablation without SDFA: consistency 58.3 (56.3 / 68.8 / 50.0), stability 65.9
-(68.1 / 73.4 / 56.0), accuracy 1.000. So against ProtoPNet both scores are far higher, as the paper reports; SDFA
-itself raises stability on every seed (+4.1 / +3.9 / +7.8) but not consistency (+6.3 / -25.0 / 0.0): most of the
-consistency gain here comes from the TesNet-style base (projection activation, cosine Clst/Sep, orthogonality,
-SA, no push), not from the alignment loss.
+What the runs taught (the figures are in the committed ``results/eval_protopnet.json`` and
+``results/report.md``). At the quick tier the ProtoPNet baseline is degenerate: as in the ``protopnet``
+experiment, the push after a few from-scratch epochs wrecks it (accuracy near chance) and most of its prototypes
+sit on the background; background boxes that cover no part stay "stable" under noise, so there the stability rule
+measures the metric's blind spot rather than SDFA, while consistency clearly favours EvalProtoPNet. A quick-size
+run of the same model without SDFA changed neither score beyond seed noise. With the full budget both scores
+move in the paper's direction against ProtoPNet; the no-SDFA ablation shows that SDFA itself mainly raises
+stability, and that most of the consistency gain comes from the TesNet-style base (projection activation, cosine
+Clst/Sep, orthogonality, SA, no push) rather than from the alignment loss.
 """
 
 from __future__ import annotations

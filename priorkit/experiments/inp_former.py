@@ -14,12 +14,11 @@ tokens), as extra metrics. Every setting is in :class:`Config` (``QUICK`` and ``
 
 Claim (fixed before the first run, from the card): INP-Former's pixel AUROC >= the residual decoder's.
 
-Measured (quick, 2 seeds): not reproduced - pixel AUROC 0.627 vs 0.696, image AUROC 0.518 vs 0.579. With 60
-iterations of batch 8 neither head is trained (the official recipe runs 200 epochs); the residual decoder
-starts from a near-identity path and so reconstructs sooner, while the INP decoder must first learn to rebuild
-every token from M=6 prototypes. A longer development run (dim 64, 150 iterations of batch 16, 240 images)
-gave 0.885 vs 0.892, still a tie at best. The full mode (500 iterations) was not run for lack of time; whether
-the card's direction appears there is open.
+What the runs taught (the figures are in the committed ``results/inp_former.json`` and ``results/report.md``):
+at the quick budget neither head is trained (the official recipe runs 200 epochs), and the residual decoder wins
+because it starts from a near-identity path and so reconstructs sooner, while the INP decoder must first learn
+to rebuild every token from M prototypes. A longer development run closed the gap to a tie at best; whether the
+card's direction appears with the full budget is what the full-tier record answers.
 """
 
 from __future__ import annotations

@@ -17,19 +17,19 @@ on m per class in ``shots`` (0 = all; repeated few-shot draws) and tested on the
 
 Part 3, a real pretrained encoder: all-MiniLM-L6-v2 embeddings of templated sentences across 5 topics
 (``text_test_per_topic`` per topic held out, the rest in the probe pool), the same NB / LR probes; reported as
-``text_probe_err_*``, outside the rule (it was added after the rule was fixed). Measured (quick): both probes
-are at 0.000-0.001 error from 5 shots on: the templated topics are too easy to separate NB from LR; a harder
-text task is still to be chosen.
+``text_probe_err_*``, outside the rule (it was added after the rule was fixed). Both probes are at almost zero
+error from a few shots on: the templated topics are too easy to separate NB from LR; a harder text task is
+still to be chosen.
 
 Rule (fixed before the first run, from the card's "Expected"): in the simulation NB gets within 0.01 of its
 asymptote at an m at least an order of magnitude smaller than LR (``log10_m_reach`` lower by >= 1), and on the
 frozen digit features NB's 5-shot probe error is not above LR's.
 
-Outcome (quick mode, 2 seeds, first run): the simulation reproduces (NB within 0.01 of the Bayes error at m=9,
-LR at m=169, a factor of ~19); the frozen-feature part does not: NB's probe error is above LR's at every m
-(5-shot 0.404 vs 0.372, all 0.363 vs 0.178). Likely why: features of a small supervised MLP are sparse ReLU
+What the runs taught (the figures are in the committed ``results/nb_vs_lr.json`` and ``results/report.md``):
+the simulation reproduces (NB reaches the Bayes error at a much smaller m than LR); the frozen-feature part does
+not: NB's probe error is above LR's at every m. Likely why: features of a small supervised MLP are sparse ReLU
 units whose class-conditional distributions are far from Gaussian with a shared diagonal variance, and units
-rarely active on the probe classes get tiny pooled variances (absolute eps 1e-9) and so dominate the NB score;
+rarely active on the probe classes get tiny pooled variances (with the absolute eps) and so dominate the NB score;
 the paper's features come from large pretrained backbones, where its NB-wins-few-shot regime was observed.
 """
 
@@ -223,7 +223,7 @@ def _text_features(seed: int, c: Config) -> tuple[torch.Tensor, torch.Tensor, to
 
 
 def run(seed: int, c: Config) -> SeedResult:
-    # small problems: one thread is fastest; on a loaded machine OpenBLAS threads slow lbfgs down ~10x
+    # small problems: one thread is fastest; on a loaded machine OpenBLAS threads slow lbfgs down a lot
     # (EXPERIMENT.threads = 1 limits torch and BLAS for the whole run)
     sim = _simulation(seed, c)
     probes = _probes(*_digit_features(seed, c), seed, c)

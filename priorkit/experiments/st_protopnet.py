@@ -18,26 +18,21 @@ replaced by the brief's ProtoPNet baseline); (2) mechanism: on the final (pushed
 prototypes' mean cosine to their nearest other-class prototype exceeds the trivial prototypes' by more than
 0.2 (``cross_cos_gap`` > 0.2, card: "should hold robustly"). The support/trivial margins are reported too.
 
-First run (quick, 2 seeds, 2026-11-28, 2-core machine shared with several jobs; 81-120 s CPU, 3.7-7.4 min wall
-under that load; one seed is ~19 s CPU single-threaded when idle): NOT reproduced. Accuracy rule passed,
-but both models are near chance (4 classes): ST-ProtoPNet 0.328 (0.322 / 0.333) vs ProtoPNet 0.294
-(0.273 / 0.315); ST-ProtoPNet was 0.366 right before the push. Mechanism rule failed: ``cross_cos_gap``
--0.014 (+0.038 / -0.066); support 0.894 vs trivial 0.909. Right before the push the direction is the card's
-(support 0.874 vs trivial 0.783, gap +0.09, below 0.2): the discrimination cost does spread the trivial
-prototypes and the closeness cost holds the support ones together, but the push then replaces every prototype
-by a latent cell, and the cells of this barely trained latent all lie in a narrow cone (cross-class cosine
-~0.9 for both branches), which erases the difference. The support margin is smaller than the trivial one
-(0.0075 vs 0.0144), the card's direction, but both are tiny. The quick budget (8 epochs from a random
-backbone, 320 images) is far from the paper's (ImageNet/iNaturalist-pretrained backbone, 120 epochs, push at
-100), as in the ProtoPNet experiment, whose quick mode also ends near chance. A metric measured on the
-pre-push prototypes, or a trained latent, would be needed; the rule is kept as fixed.
+What the runs taught (the figures are in the committed ``results/st_protopnet.json`` and ``results/report.md``).
+At the quick tier both models end near chance, so the accuracy rule holds trivially, and the mechanism rule
+fails: right before the push the direction is the card's (the discrimination cost does spread the trivial
+prototypes and the closeness cost holds the support ones together), but the push then replaces every prototype
+by a latent cell, and the cells of this barely trained latent all lie in a narrow cone, which erases the
+difference. The quick budget (a few epochs from a random backbone, a few hundred images) is far from the paper's
+(ImageNet/iNaturalist-pretrained backbone, 120 epochs, push at 100), as in the ProtoPNet experiment, whose
+quick mode also ends near chance. A metric measured on the pre-push prototypes (reported as ``*_before_push``),
+or a trained latent, would be needed; the rule is kept as fixed.
 
-Full mode, seed 0 only (the other two seeds not run; 98 s CPU, 8.3 min wall under load; run before the
-``*_before_push`` metrics were added): ST-ProtoPNet 1.000 vs ProtoPNet 0.965 (accuracy rule passes), but
-``cross_cos_gap`` +0.033 (support -0.031 vs trivial -0.064: with a trained latent the pushed prototypes of both
-branches are near-orthogonal across classes), so the mechanism rule fails again; the support margin is *larger*
-than the trivial one (1.067 vs 0.967), against the card. The support branch pushed its 20 prototypes onto only
-5 distinct patches (trivial: 20): the closeness cost pulls same-class support prototypes onto one cell.
+With the full budget (a development run on one seed, before the ``*_before_push`` metrics existed) ST-ProtoPNet
+matched ProtoPNet's accuracy, but the mechanism rule failed again for another reason: with a trained latent the
+pushed prototypes of both branches are near-orthogonal across classes, so the gap is small, and the support
+margin came out larger than the trivial one, against the card. The support branch pushed its prototypes onto
+only a few distinct patches: the closeness cost pulls same-class support prototypes onto one cell.
 """
 
 from __future__ import annotations

@@ -17,12 +17,12 @@ hypergraph propagation beats embedding alone; the margin may be a few points"): 
 method accuracy >= nearest-word accuracy (``gain_over_word`` >= 0) and method accuracy >= embedding alone
 (``gain_over_embedding`` >= 0).
 
-Outcome during development (seed 0, before this module existed): the claim did NOT reproduce at this scale.
+What development taught (the figures are in the committed ``results/tmv_hlp.json`` and ``results/report.md``).
 The per-segment classifiers trained on seen digits transfer badly (a strong projection domain shift: DAP is near
 chance), and the propagation from 2 prototype nodes per class among ~1,600 instance nodes with the card's
 row-normalised P and alpha = 0.99 sends most instances of a split to one class; the nearest-word baseline was the
-strongest. Class-mass normalisation of F (Zhu et al.) did not fix it either. The numbers in the report are
-whatever the run gives.
+strongest. Class-mass normalisation of F (Zhu et al.) did not fix it either, so the claim is not expected to
+hold at this scale.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ projection activation <z_u, p_j / ||p_j||> max-pooled to g_j, Clst / Sep on cosi
 with ProtoPNet's formulas, and Orth = sum_c ||P_c P_c^T - I||_1. Loss: CE + 0.8 Clst - 0.08 Sep + 1e-4 Orth +
 lambda_align L_align (0.5 in ``scripts/train.sh``; argparse default 0.3), the alignment term only after the
 warm-up epochs. Schedule: 5 warm epochs (backbone frozen) then joint, Adam (backbone 1e-4, wd 1e-3; add-on 3e-3,
-wd 1e-3; prototypes 3e-3; SA theta 1e-6), StepLR(3, 0.2), 12 epochs, no push. Reported effect: on CUB-200, Cars and
+wd 1e-3; prototypes 3e-3; SA theta 1e-6), StepLR(3, 0.2), 12 epochs, no push. The paper reports: on CUB-200, Cars and
 Dogs with nine backbones, consistency and stability well above ProtoPNet, ProtoTree, ProtoPool, TesNet and
 Deformable ProtoPNet at equal or better accuracy.
 
@@ -109,7 +109,7 @@ SPEC = MethodSpec(
     status="implemented",
     entry="EvalProtoPNet",
     missing="CUB parts evaluation run, nine-backbone study, DDP-sharded metric evaluation and shallow-layer presets "
-    "not built; quick run: consistency rule passes, stability fails (full run, 3 seeds outside bench: both pass)",
+    "not built; stand-in for the pretrained backbone on CUB: a from-scratch Conv4 on the synthetic parts set",
     presets={
         # main.py + scripts/train.sh (ImageNet-pretrained backbone): 12 epochs, 5 warm, StepLR(3, 0.2), align 0.5
         "paper": {

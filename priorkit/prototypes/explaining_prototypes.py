@@ -8,7 +8,7 @@ on the original, and calls the drop Delta_j^m(x) = s_j(x, u*) - s_j(x^(m), u*) t
 characteristic m. The *global* importance is the similarity-weighted mean
 G_j^m = sum_x Delta_j^m(x) s_j(x, u*) / sum_x s_j(x, u*) over a data set (training images), so images where
 the prototype is barely present count little; train and test G are compared per characteristic with a
-Shapiro-Wilk and a Welch t-test. Reported effect: on a CUB-200 ProtoPNet (DenseNet121) the global scores
+Shapiro-Wilk and a Welch t-test. The paper reports: on a CUB-200 ProtoPNet (DenseNet121) the global scores
 generalise from train to test and match visible properties of the prototypes; they are most useful where a
 prototype would otherwise be misread (e.g. looks like a shape but is matched by texture).
 
@@ -92,9 +92,8 @@ _REFERENCE_SIZE = 224  # image side at which the official shape levels are defin
 SPEC = MethodSpec(
     status="implemented",
     entry="explain",
-    missing="redundancy analysis across prototypes not built; the texture denoiser works in RGB, not OpenCV's "
-    "CIELAB; quick run does not reproduce (under-trained Set A prototypes sit on background; Set B ProtoPNet at "
-    "chance)",
+    missing="redundancy analysis across prototypes not built; the texture denoiser is a torch NL-means in RGB "
+    "(stand-in for OpenCV's CIELAB one); stand-in for the CUB-200 ProtoPNet: tiny ProtoPNets on synthetic sets",
     presets={
         # mod_values.py levels at 224 px; read at the original argmax, whole-image perturbations
         "paper": {"levels": {**OFFICIAL_LEVELS, "shape": [4.0, 0.05]}, "location": "original", "region": "global",

@@ -8,7 +8,7 @@ or noisy web samples and relabel confident ones (rule A), and later lets a learn
 (the image-to-prototype metric) make the same decision (rule B / fusion). Losses: soft-label classification,
 prototype contrast with a margin on few-shot rows and a per-class density temperature, instance contrast
 against a queue of momentum keys, a margin cosine classifier on trusted samples, reconstruction of the feature
-from its embedding, and the relation loss. Reported: WebFG-496 mean accuracy 87.81 (K=16) vs 66.10 for a
+from its embedding, and the relation loss. The paper reports: WebFG-496 mean accuracy 87.81 (K=16) vs 66.10 for a
 vanilla CE model; WebVision1k -> ImageNet top-1 68.83 vs MoPro 67.80.
 
 Functional core (tensor functions): :func:`init_prototypes`, :func:`prototype_logits`, :func:`soft_targets`,
@@ -927,7 +927,7 @@ SPEC = MethodSpec(
     entry="FoPro",
     missing=(
         "pretrained B-CNN/ResNet-50 backbones (stand-in: MLP 64-128 from scratch), shuffle-BN under DDP, WebVision "
-        "class-frequency weighting, MoPro-style fine-tuning and TFRecord loaders not built; claim not reproduced"
+        "class-frequency weighting, MoPro-style fine-tuning and TFRecord loaders not built"
     ),
     presets={"paper": _PAPER, "small": _SMALL},
 )

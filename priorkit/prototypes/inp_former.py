@@ -9,7 +9,7 @@ then rebuild the encoder's features, where each block's attention takes its valu
 copied through and shows up as reconstruction error. Training uses the *soft-mining* loss: a global cosine
 distance between encoder and decoder maps whose gradient is reweighted at each position by
 ``(delta_n / mean delta)^gamma`` (hard positions weigh more). Inference: ``1 - cos`` per map pair, upsampled,
-averaged, Gaussian-blurred; image score = mean of the top 1% pixel scores. Reported effect: multi-class image
+averaged, Gaussian-blurred; image score = mean of the top 1% pixel scores. The paper reports: multi-class image
 AUROC 99.7 / 98.9 / 90.5 on MVTec-AD / VisA / Real-IAD (Dinomaly 99.6 / 98.7 / 89.3).
 
 Defaults follow the official code (luow23/INP-Former, ``models/uad.py``, ``models/vision_transformer.py``,
@@ -660,7 +660,7 @@ SPEC = MethodSpec(
     status="implemented",
     entry="INPFormer",
     missing="DINOv2-reg ViT-B/14 encoder not used (stand-in: a conv auto-encoder pretrained on normal images); "
-    "MVTec/VisA/Real-IAD loaders, AUPRO and the 256-px map resize not built; claim not reproduced",
+    "MVTec/VisA/Real-IAD loaders, AUPRO and the 256-px map resize not built",
     presets={
         "paper": {"num_inp": 6, "num_heads": 12, "num_decoder_blocks": 8,
                   "encoder_groups": ((0, 1, 2, 3), (4, 5, 6, 7)), "decoder_groups": ((0, 1, 2, 3), (4, 5, 6, 7)),

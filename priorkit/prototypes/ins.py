@@ -12,8 +12,8 @@ tau = 0.07) whose positives share the classifier's candidate-masked pseudo-label
 (``prot_start``) the classifier trains on the bag label copied to each instance, with plain MoCo InfoNCE, and
 a bag-constraint step (one bag per step, weight w_l = 0.5) runs after each instance epoch. A negative-bag
 instance can never be labelled positive: the candidate mask is applied before every argmax and its
-confidence is reset to [1, 0] after each update. Bag score = mean (or max) of the instance p(pos). Reported
-effect: higher instance AUC than pseudo-labelling MIL and attention MIL on CIFAR-10-MIL, CAMELYON16, TCGA
+confidence is reset to [1, 0] after each update. Bag score = mean (or max) of the instance p(pos). The paper
+reports: higher instance AUC than pseudo-labelling MIL and attention MIL on CIFAR-10-MIL, CAMELYON16, TCGA
 lung and a cervical-cancer set, with competitive or better bag AUC.
 
 Official code: miccaiif/INS (``model.py::INS.forward``, ``utils/utils_loss.py::partial_loss, SupConLoss``,
@@ -120,8 +120,8 @@ _PAPER = {
 SPEC = MethodSpec(
     status="implemented",
     entry="INSHook",
-    missing="WSI tiling/feature caching and the DSMIL/attention teacher heads not built; the small-scale claim does "
-    "not reproduce (SupCon collapse with a from-scratch MLP encoder, see the experiment docstring)",
+    missing="WSI tiling/feature caching and the DSMIL/attention teacher heads not built; stand-ins: a from-scratch "
+    "MLP encoder for the ImageNet-pretrained ResNet-18, noise views for the image augmentations (assumption)",
     presets={"paper": _PAPER, "small": {**_PAPER, "prot_start": 5}},
 )
 

@@ -5,7 +5,7 @@ Jordan's comparison for the multiclass case: a Gaussian naive Bayes (NB) head wi
 diagonal variance is LR's generative counterpart (its decision function is linear), and under mild
 conditions NB gets within epsilon of its asymptotic error with m = O(log n) samples while LR needs O(n)
 (n = feature dimension; the proof goes through a multiclass H-consistency bound of the logistic loss).
-Reported: simulations follow the theory (NB's curve flattens after a few hundred samples, LR keeps
+The paper reports: simulations follow the theory (NB's curve flattens after a few hundred samples, LR keeps
 improving up to m ~ n-scale), NB converges faster and is strong few-shot on pretrained vision features, and
 for supervised-pretrained features LR overtakes NB at large m ("two regimes").
 
@@ -503,7 +503,8 @@ SPEC = MethodSpec(
     status="implemented",
     entry="GaussianNB",
     missing="H-consistency bound calculator, pretrained-vision feature extractors and feature diagnostics not built "
-    "(card: later); MiniLM part 3 runs but its templated topics are too easy (both probes ~0 error)",
+    "(card: later); stand-ins for pretrained vision features: a small MLP's digit features and MiniLM embeddings "
+    "of templated topic sentences (a harder text task is not chosen yet)",
     presets={
         "paper": {"eps": 1e-9, "eps_mode": "absolute", "pooled": True, "lr_C": 1.0, "lr_max_iter": 1000,
                   "sgd_lr": 1.0, "sgd_momentum": 0.9, "sgd_epochs": 100, "sgd_milestones": (60, 80),

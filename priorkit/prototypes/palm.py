@@ -109,8 +109,7 @@ __all__ = [
 SPEC = MethodSpec(
     status="implemented",
     entry="PALMHook",
-    missing="unlabelled-ID variant, optional AMP step and ImageNet-100 fine-tuning not built; the near-OOD gain "
-    "over one prototype per class reproduces in full mode only (quick mode: inside the seed spread)",
+    missing="unlabelled-ID variant, optional AMP step and ImageNet-100 fine-tuning not built",
     presets={
         "paper": {
             "num_protos": 6, "k": 5, "momentum": 0.999, "temperature": 0.1, "epsilon": 0.05, "sinkhorn_iters": 3,

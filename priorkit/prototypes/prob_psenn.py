@@ -5,7 +5,7 @@ optionally a decoder that renders prototypes) uses point prototypes. Prob-PSENN 
 each prototype, so that one input gives a *distribution* of predictions and of explanations (which prototype
 is nearest). The Monte-Carlo predictive ``p(y|x) = E_P[softmax f(x; P)]`` carries, besides the usual entropy,
 the mutual information between the label and the prototypes (explanatory / epistemic uncertainty), and the
-spread of the nearest prototype across samples is the uncertainty of the explanation. Reported (abstract
+spread of the nearest prototype across samples is the uncertainty of the explanation. The paper reports (abstract
 only): more meaningful and robust explanations than the deterministic PSENN, competitive accuracy, and
 detection of uninformed or uncertain predictions.
 

@@ -9,7 +9,7 @@ one-hot, the rest kept soft, supervising the other view; ``r_e`` ramps 0 -> 1); 
 mean prediction (``L_ent = log K - H(mean p)``) that debiases the model away from collapsing onto old classes;
 a prototype separation loss (``L_sep``); and SimCLR + SupCon on a projector output for the representation.
 ``L = (1-lam)(L_dapl + w_ent L_ent + w_sep L_sep) + lam L_cls + (1-lam) L_unsup + lam L_sup``, ``lam = 0.35``.
-Prediction is ``argmax`` of the prototype logits (no k-means). Reported: state of the art on CIFAR-10/100,
+Prediction is ``argmax`` of the prototype logits (no k-means). The paper reports: state of the art on CIFAR-10/100,
 ImageNet-100 and the SSB benchmarks with a smaller Old/New gap than SimGCD; MSP of the prototype logits also
 works as an OOD score.
 
@@ -103,7 +103,7 @@ _PAPER = {
 SPEC = MethodSpec(
     status="implemented",
     entry="ProtoGCDRecipe",
-    missing="estimating K and partial ViT fine-tuning not built; the Old/New balance rule does not reproduce",
+    missing="estimating K and partial ViT fine-tuning not built; stand-in for the DINO ViT: an MLP backbone on digits",
     presets={"paper": _PAPER, "small": {**_PAPER, "epochs": 100, "ramp": 50}},
 )
 

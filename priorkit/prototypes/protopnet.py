@@ -75,8 +75,8 @@ __all__ = ["ADD_ON_TYPES", "DEFAULT_COEFS", "ProtoPNet", "ProtoPNetOutput", "add
 SPEC = MethodSpec(
     status="implemented",
     entry="ProtoPNet",
-    missing="prototype pruning and duplicate merging not built (card: can wait); reproduces in full mode only "
-    "(quick: under-trained before push, 0.37 vs 0.95)",
+    missing="prototype pruning and duplicate merging not built (card: can wait); the experiment's backbone is "
+    "trained from scratch on the generated parts images (no ImageNet-pretrained VGG/ResNet)",
     presets={
         # settings.py / main.py: VGG/ResNet on CUB-200 (ImageNet-pretrained backbone), 10 prototypes per class
         "paper": {

@@ -10,7 +10,7 @@ network with weights ``r+ - r-`` and bias ``sum r-``, and because a perturbation
 metric distance by at most eps, every ``d_k`` stays in ``[d_k / t, d_k t]`` with ``t = exp(eps / sigma_min)``.
 Theorem 1 turns this into a certified radius ``rho(x) = sigma_min * ln(min_{j wrong} max_{i correct} t*_ij)``
 (``t*_ij`` the positive root of ``a t^2 + b t + c``) and the robust loss ``relu(m - rho)`` maximises it.
-Reported: the shallow robust stable CBC beats GLVQ, GTLVQ, RBF and the original CBC in certified robust
+The paper reports: the shallow robust stable CBC beats GLVQ, GTLVQ, RBF and the original CBC in certified robust
 accuracy on MNIST at a small clean-accuracy cost.
 
 Functional core (pure tensor functions): :func:`component_distances`, :func:`detection_probability`,

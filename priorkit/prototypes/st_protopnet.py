@@ -14,7 +14,7 @@ support branch the *closeness* cost (minus the mean over class pairs of the fart
 cosine, so cross-class support prototypes approach each other, i.e. the boundary). Mini-batches alternate:
 even batches train the trivial loss, odd batches the support loss; prototypes are re-normalised after every
 step. Schedule: warm (backbone and both last layers frozen) -> joint -> per-branch cosine push -> last layers.
-Reported effect: state-of-the-art accuracy among prototype models on CUB-200 (full and cropped), Cars and
+The paper reports: state-of-the-art accuracy among prototype models on CUB-200 (full and cropped), Cars and
 Dogs, with support prototypes that localise on the object more often than trivial ones.
 
 Official code: cwangrun/ST-ProtoPNet (``full/model.py``, ``full/train_and_test.py``, ``full/push_*.py``,
@@ -564,8 +564,8 @@ SPEC = MethodSpec(
     status="implemented",
     entry="STProtoPNet",
     missing="projection-metric (TesNet) and L2 distance variants, IoU/content-heatmap/deletion-AUC metrics, "
-    "single-branch arms and the alternating mode under DDP not built (mode='sum' runs under DDP); the "
-    "support-vs-trivial geometry rule does not reproduce",
+    "single-branch arms and the alternating mode under DDP not built (mode='sum' runs under DDP); stand-in for "
+    "the pretrained backbone on CUB: a from-scratch Conv4 on the synthetic parts set",
     presets={
         # settings_CUB_DOG.py + main.py (ImageNet/iNaturalist-pretrained backbone)
         "paper": {

@@ -8,7 +8,7 @@ neighbourhood score in ``(0, 1]`` (after the ICNN clustering score of Garcia-Ram
 sample's ``k`` nearest neighbours it rewards small same-class distances (relative to the nearest
 different-class neighbour), large different-class distances (relative to the largest in the set) and a high
 fraction of same-class neighbours. The total loss averages the selected terms (``L = sum terms / T``).
-Reported effect: about +2 points over other metric-based few-shot methods on miniImageNet (abstract), and
+The paper reports: about +2 points over other metric-based few-shot methods on miniImageNet (abstract), and
 competitive cross-domain results (CUB, Dogs, Cars).
 
 All distances are ``d(a, b) = sqrt(||a - b||^2 + 1e-6)`` (the eps keeps the gradient finite at zero distance).
@@ -372,8 +372,8 @@ SPEC = MethodSpec(
     status="implemented",
     entry="SuSanaRecipe",
     missing=(
-        "no ResNet-12 pretraining / FEAT-style trainer (plain episodic recipe on the engine); "
-        "quick run does not reproduce, full mode not yet run"
+        "no ResNet-12 pretraining / FEAT-style trainer (plain episodic recipe on the engine); stand-in for "
+        "miniImageNet with a ResNet-12: an MLP embedding on digits"
     ),
     presets={
         "paper": dict(_PRESET, n_way=5, n_shot=5, n_query=15, lr=1e-3),

@@ -9,7 +9,7 @@ and without training, towards a mix of the base prototypes weighted by their sof
 
 (paper Eq. 3-4; official code ``models/teen/Network.py::MYNET.soft_calibration``). Base prototypes are the
 class means of the base training images (``replace_base_fc``) and never change; inference is a cosine
-classifier ``t * cos(f(x), w_c)`` over all seen classes. Reported effect: the best last-session accuracy on
+classifier ``t * cos(f(x), w_c)`` over all seen classes. The paper reports: the best last-session accuracy on
 miniImageNet / CUB200 / CIFAR100 (+1.6 / +2.4 / +0.5 over the runner-up), mostly from new-class accuracy.
 With ``alpha=0`` TEEN is exactly the plain prototype classifier (PyCIL's SimpleCIL), the baseline.
 
@@ -24,8 +24,8 @@ Functional core: :func:`class_means`, :func:`calibration_weights`, :func:`teen_c
 :func:`cosine_logits`. Entry: :class:`TEEN` (a frozen backbone + ``TEENHead``, the prototype buffer on
 features: checkpointable, gathers features across ranks under DDP, refuses non-finite features before writing).
 TEEN is training-free: the base session is an ordinary cosine-classifier fit through ``priorkit.train`` (see
-``priorkit.experiments.teen``). Presets in ``SPEC``: ``paper`` = ``small`` (the official defaults work on
-digits as they are).
+``priorkit.experiments.teen``). Presets in ``SPEC``: ``paper`` = ``small`` (the official defaults are used
+unchanged on digits).
 
 Example:
 

@@ -4,7 +4,7 @@ Networks fit clean labels first and memorize wrong ones later. ELR keeps a per-s
 the model's own (clamped, renormalised) predictions, ``T[i] <- beta T[i] + (1 - beta) p_i`` (the target
 update of Sec. 4.2), and adds ``lambda * mean log(1 - <T[i], p_i>)`` to the cross-entropy (Eq. 6 and the
 regularized loss of Sec. 4.3), which pulls each prediction towards its early target and so counteracts the
-gradient towards a wrong label. Reported: CIFAR-10 with 40% symmetric noise, 89.2% vs 81.9% test accuracy
+gradient towards a wrong label. The paper reports: CIFAR-10 with 40% symmetric noise, 89.2% vs 81.9% test accuracy
 for cross-entropy.
 
 Functional core: :func:`clamped_softmax`, :func:`elr_update`, :func:`elr_regularizer` (checked, for your own

@@ -150,7 +150,7 @@ def render_markdown(results: list[dict[str, Any]], title: str = "priorkit bench"
         for f in r.get("figures", []):
             lines += ["", f"![{Path(f).stem}]({f})"]
         if r.get("notes"):
-            lines += ["", f"Not run: {r['notes']}"]
+            lines += ["", f"Notes: {r['notes']}"]
     return "\n".join(lines) + "\n"
 
 
@@ -246,7 +246,7 @@ def render_html(results: list[dict[str, Any]], title: str = "priorkit bench", ba
         for block in r.get("html_blocks", []):
             out.append(block)
         if r.get("notes"):
-            out.append(f"<p class='small'>Not run: {e(r['notes'])}</p>")
+            out.append(f"<p class='small'><b>Notes:</b> {e(r['notes'])}</p>")
     out.append("</body></html>")
     return "\n".join(out)
 
