@@ -6,12 +6,13 @@ Laplacian term that rewards giving kNN neighbours the same cluster,
 ``E(Z, C) = sum_pk z_pk D(x_p, c_k) - lambda sum_pq w_pq z_p^T z_q``. The Laplacian term is concave for a PSD
 affinity; linearising it and adding a negative-entropy barrier gives a bound whose minimiser is closed-form
 per point, ``z_p <- softmax_k(-a_pk + lambda sum_q w_pq z_qk)`` (bound optimisation, iterated until the
-energy settles), alternated with the prototype updates (soft means for K-means, mean shift for K-modes).
-Prototypes start at the class means of the supports, so cluster ``k`` is class ``k``. The backbone is an
-ordinary CE classifier trained on the base classes; features are CL2N-normalised (centre on the base mean,
-L2-normalise) and the queries are shifted onto the supports' mean. Reported effect: on mini-/tiered-ImageNet
-and CUB, plain transductive K-means (``lambda = 0``) is already competitive with meta-learning methods, and
-the Laplacian term adds on top; for scale, LaplacianShot reports 72.1/82.3 (mini-ImageNet, ResNet-18).
+energy settles), alternated with the prototype updates (means of the current labels for K-means, mean shift
+for K-modes). Prototypes start at the class means of the supports, so cluster ``k`` is class ``k``. The
+backbone is an ordinary CE classifier trained on the base classes; features are CL2N-normalised (centre on the
+base mean, L2-normalise) and the queries are shifted onto the supports' mean. Reported effect: on mini-/
+tiered-ImageNet and CUB, plain transductive K-means (``lambda = 0``) is already competitive with meta-learning
+methods, and the Laplacian term adds on top; for scale, LaplacianShot reports 72.1/82.3 (mini-ImageNet,
+ResNet-18).
 
 Functional core: :func:`cl2n`, :func:`shift_queries`, :func:`knn_affinity`, :func:`estimate_sigma`,
 :func:`entropy_energy`, :func:`bound_update`, :func:`mean_shift`, :func:`slk_energy`, :func:`slk` (one task or a
@@ -19,18 +20,39 @@ batch), :func:`prepare_task`, :func:`episode_batch`, :func:`tune_lambda`. Entry:
 set in, classifier out" interface on an optional backbone). The inductive SimpleShot baseline lives in
 :mod:`priorkit.baselines.fewshot`. SLK is training-free; its backbone is a plain CE classifier trained through
 ``priorkit.train`` (see ``priorkit.experiments.slk``). Presets in ``SPEC``: ``paper`` (lambda 0.7, K-means,
-knn 3, clamped supports) and ``small`` (the same: the experiment runs the paper's settings).
+knn 3, clamped supports, the PAMI code's algorithm) and ``small`` (the same: the experiment runs the paper's
+settings).
 
 Official code: imtiazziko/SLK-few-shot (``src/SLK.py::SLK``, ``src/bound_update.py::bound_update``,
 ``src/train_SLK.py::create_affinity``). easyfsl was considered: it has LaplacianShot and SimpleShot but no
 SLK (no K-modes, no prototype/assignment alternation), and its classes are tied to its ``FewShotClassifier``,
 so the core is written here on tensors.
 
+Which official code (``version``). The repository holds two algorithms. ``version="pami"`` (default) follows
+the current code (commit "Update PAMI", June 2021), the version of the PAMI paper; ``version="2020"`` keeps the
+first commit (July 2020). What differs:
+
+- K-means prototypes: ``pami`` takes the hard means of the argmax labels at every outer iteration; ``2020``
+  takes hard means at the first and soft means ``sum_p z_pk x_p / sum_p z_pk`` afterwards (with ``lam > 0``).
+- Bound start: ``pami`` starts every bound loop from ``softmax(-a)`` with the support rows set to their
+  one-hot labels (argument ``init`` of :func:`bound_update`); ``2020`` from plain ``softmax(-a)``.
+- Tolerances (relative energy change): outer 1e-4 and bound 1e-7 (``pami``); 1e-5 and 1e-6 (``2020``).
+- Empty clusters: when an outer iteration leaves a cluster without any point (supports included), ``pami``
+  restores that task's previous labels, assignments and prototypes and stops it (``SLKResult.restored``);
+  the ``2020`` code would produce NaN prototypes, so here an empty cluster keeps its previous prototype.
+- lambda grid: ``pami`` adds 0.9 (:data:`LAMBDAS`; the first commit's grid is :data:`LAMBDAS_2020`).
+- Scoring: the ``pami`` code reads cluster ``k`` as class ``k`` (plain accuracy, as here); the ``2020`` code
+  matched clusters to classes with the Hungarian method.
+
+Unchanged between the two: initial prototypes and labels, kNN affinity, sigma, mean shift (K-modes), the
+bound update rule and its energy, the outer energy and the ``lam = 0`` hard branch.
+
 Where the card and the official code differ, and what is done here:
 
-- Support clamping: the paper fixes support rows to their labels; the code only initialises them.
-  ``clamp_support=True`` (default) is the paper, ``False`` the code (then score clusters with
-  ``priorkit.metrics.fewshot.episode_accuracy(..., hungarian=True)`` as the code does).
+- Support clamping: the paper fixes support rows to their labels; neither code version does (``pami`` sets
+  them only in the bound loop's start, and in the hard branch both relabel supports by the nearest prototype).
+  ``clamp_support=True`` (default) is the paper (rows reset after every bound update, support labels fixed in
+  the hard branch); ``clamp_support=False`` with ``version="pami"`` is the current official code step for step.
 - kNN affinity: ``knn=3`` follows the code's ``create_affinity``, whose ``NearestNeighbors(n_neighbors=3)``
   counts the point itself, so each row has ``knn - 1 = 2`` ones (self excluded, not symmetrised). The card
   reads "k=3 neighbours, excluding self"; pass ``knn=4`` for three non-self neighbours.
@@ -41,9 +63,9 @@ Where the card and the official code differ, and what is done here:
   PSD ``W``. With the non-symmetric kNN graph no monotonicity is guaranteed (neither in the paper nor here).
 - ``lam = 0`` runs the code's ``lap_bound=False`` branch: hard K-means/K-modes (hard means, hard labels),
   the paper's transductive K-means baseline.
-- ``mode="bo"`` (card: "sets C_k to the point with the largest Y_pk"): the code never computes the unary
-  term in that branch; here it uses the K-modes unary ``-exp(-||x-c||^2 / 2 sigma^2)`` (an assumption).
-- Empty clusters (possible only without clamping) keep their previous prototype; the code would give NaN.
+- ``mode="bo"`` (card: "sets C_k to the point with the largest Y_pk"): neither code version computes the
+  unary term in that branch (it would fail); here it uses the K-modes unary ``-exp(-||x-c||^2 / 2 sigma^2)``
+  (an assumption).
 
 >>> g = torch.Generator().manual_seed(0)
 >>> centers = torch.eye(3, 8) * 4
@@ -70,7 +92,11 @@ from priorkit.core.errors import PriorkitError, check_choice, check_positive_int
 from priorkit.core.spec import MethodSpec
 
 __all__ = [
+    "LAMBDAS",
+    "LAMBDAS_2020",
     "SLK",
+    "TOLERANCES",
+    "VERSIONS",
     "bound_update",
     "cl2n",
     "entropy_energy",
@@ -86,8 +112,14 @@ __all__ = [
 ]
 
 MODES = ("kmeans", "ms", "bo")
-#: the card's (and code's) lambda grid for validation tuning; the default lambda is 0.7
-LAMBDAS = (0.05, 0.1, 0.3, 0.5, 0.7, 0.8, 1.0)
+#: ``"pami"``: the current official code (June 2021, the PAMI paper); ``"2020"``: the repository's first commit
+VERSIONS = ("pami", "2020")
+#: (outer, bound) relative-energy tolerances of each version
+TOLERANCES = {"pami": (1e-4, 1e-7), "2020": (1e-5, 1e-6)}
+#: the current code's lambda grid for validation tuning; the default lambda is 0.7
+LAMBDAS = (0.05, 0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0)
+#: the first commit's (and the card's) grid
+LAMBDAS_2020 = (0.05, 0.1, 0.3, 0.5, 0.7, 0.8, 1.0)
 
 
 def _check_features(name: str, x: torch.Tensor) -> None:
@@ -190,14 +222,17 @@ def bound_update(
     lam: float,
     *,
     max_iter: int = 600,
-    tol: float = 1e-6,
+    tol: float = 1e-7,
     clamp: torch.Tensor | None = None,
+    init: torch.Tensor | None = None,
 ) -> BoundResult:
     """Bound optimisation of the assignments (card step 6): ``Y0 = softmax(-a)``, ``Y <- softmax(-a + lam W Y)``.
 
-    Stops when ``|E_i - E_{i-1}| <= tol |E_{i-1}|`` from the third update on (the code's rule), or after
-    ``max_iter``; in a batch ``[E, N, K]`` each task stops on its own. ``clamp`` (one-hot rows for the first
-    ``clamp.shape[-2]`` points, the supports) fixes those rows after every update (the paper's constraint).
+    Stops when ``|E_i - E_{i-1}| <= tol |E_{i-1}|`` from the third update on (the code's rule; ``tol`` 1e-7 in
+    the current code, 1e-6 in the first commit), or after ``max_iter``; in a batch ``[E, N, K]`` each task stops
+    on its own. ``init`` (rows for the first ``init.shape[-2]`` points, the supports' one-hot labels) replaces
+    those rows of ``Y0`` only (the current code's start); ``clamp`` (the same kind of rows) fixes them in ``Y0``
+    and after every update (the paper's constraint).
     """
     check_range("lam", lam, 0.0)
     check_positive_int("max_iter", max_iter)
@@ -207,11 +242,14 @@ def bound_update(
     e_, n, k = ab.shape
     wb = w.unsqueeze(0) if single else w
     check_shape("w", wb, [e_, n, n])
-    cb = None
+    cb = ib = None
     if clamp is not None:
         cb = clamp.unsqueeze(0) if single else clamp
         check_shape("clamp", cb, [e_, None, k])
-    y = _clamp_rows(torch.softmax(-ab, dim=2), cb)
+    if init is not None:
+        ib = init.unsqueeze(0) if single else init
+        check_shape("init", ib, [e_, None, k])
+    y = _clamp_rows(_clamp_rows(torch.softmax(-ab, dim=2), ib), cb)
     idx = torch.arange(e_, device=ab.device)  # tasks still running; their tensors are kept compacted
     aa, wa, ca, ya = ab, wb, cb, y.clone()
     old = torch.full((e_,), float("inf"), dtype=ab.dtype, device=ab.device)
@@ -310,7 +348,9 @@ def slk_energy(
 class SLKResult:
     """Query labels (cluster ``k`` = class ``k``), all assignments (supports first), prototypes, outer energies.
 
-    Batched runs give a leading task axis; ``energies`` is ``[iterations_run, (E)]`` (NaN once a task stopped).
+    Batched runs give a leading task axis; ``energies`` is ``[loop_iterations, (E)]`` (NaN where a task had
+    stopped, or was restored). ``iterations``: outer iterations kept per task. ``restored``: the task stopped
+    because a cluster emptied and got its previous labels back (``version="pami"`` only).
     """
 
     labels: torch.Tensor
@@ -318,6 +358,7 @@ class SLKResult:
     prototypes: torch.Tensor
     energies: torch.Tensor
     iterations: torch.Tensor
+    restored: torch.Tensor
 
 
 def _check_task(support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor) -> int:
@@ -356,25 +397,34 @@ def slk(
     *,
     lam: float = 0.7,
     mode: str = "kmeans",
+    version: str = "pami",
     knn: int = 3,
     clamp_support: bool = True,
     sigma: float | None = None,
     sigma_normaliser: int = 5,
     max_outer: int = 100,
     bound_iters: int = 600,
-    outer_tol: float = 1e-5,
-    bound_tol: float = 1e-6,
+    outer_tol: float | None = None,
+    bound_tol: float | None = None,
 ) -> SLKResult:
     """SLK on a task's (already normalised and shifted) features; ``lam = 0`` is transductive K-means/K-modes.
 
     One task: ``support [Ns, D]``, ``support_y [Ns]``, ``query [Nq, D]``. A batch of same-shaped tasks:
     ``[E, Ns, D]``, ``[E, Ns]``, ``[E, Nq, D]``; every task runs (and stops) exactly as it would alone.
     ``mode``: ``"kmeans"`` (SLK-Means), ``"ms"`` (SLK-MS, K-modes by mean shift) or ``"bo"`` (module notes).
+    ``version``: ``"pami"`` (the current official code) or ``"2020"`` (its first commit); see the module notes.
+    ``outer_tol``/``bound_tol`` default to the version's tolerances (:data:`TOLERANCES`).
     Computation is in float64 as in the numpy reference.
     """
     check_choice("mode", mode, MODES)
+    check_choice("version", version, VERSIONS)
     check_range("lam", lam, 0.0)
     check_positive_int("max_outer", max_outer)
+    outer_tol = TOLERANCES[version][0] if outer_tol is None else outer_tol
+    bound_tol = TOLERANCES[version][1] if bound_tol is None else bound_tol
+    check_range("outer_tol", outer_tol, 0.0)
+    check_range("bound_tol", bound_tol, 0.0)
+    pami = version == "pami"
     single = isinstance(support, torch.Tensor) and support.dim() == 2
     if single:
         support, query = support.unsqueeze(0), query.unsqueeze(0) if isinstance(query, torch.Tensor) else query
@@ -399,12 +449,14 @@ def slk(
     old = torch.full((n_tasks,), float("inf"), dtype=x.dtype)
     iters = torch.zeros(n_tasks, dtype=torch.long)
     active = torch.ones(n_tasks, dtype=torch.bool)
+    restored = torch.zeros(n_tasks, dtype=torch.bool)
     history = []
     for it in range(max_outer):
         ai = active.nonzero().squeeze(1)
         xa, ca, za, la, sa = x[ai], c[ai], z[ai], labels[ai], s[ai]
         if mode == "kmeans":
-            ca = (za.transpose(1, 2) @ xa) / za.sum(1)[..., None] if lam > 0 and it > 0 else _hard_means(xa, la, ca)
+            soft = not pami and lam > 0 and it > 0  # the first commit's soft means
+            ca = (za.transpose(1, 2) @ xa) / za.sum(1)[..., None] if soft else _hard_means(xa, la, ca)
             a = _sqdist(xa, ca)
         else:
             if mode == "ms":
@@ -412,7 +464,13 @@ def slk(
             a = -torch.exp(-_sqdist(xa, ca) / (2 * sa[:, None, None] ** 2))
         if lam > 0:
             res = bound_update(
-                a, w[ai], lam, max_iter=bound_iters, tol=bound_tol, clamp=None if clamp is None else clamp[ai]
+                a,
+                w[ai],
+                lam,
+                max_iter=bound_iters,
+                tol=bound_tol,
+                clamp=None if clamp is None else clamp[ai],
+                init=onehot[ai] if pami else None,
             )
             za = res.assignments
             la = za.argmax(2)
@@ -423,9 +481,15 @@ def slk(
             if clamp_support:
                 la[:, :ns] = ys[ai]
             za = F.one_hot(la, n_way).double()
+        row = torch.full_like(old, float("nan"))
+        if pami:  # a cluster lost every point: keep the previous labels/prototypes and stop that task
+            empty = (F.one_hot(la, n_way).sum(1) == 0).any(1)
+            restored[ai[empty]] = True
+            active[ai[empty]] = False
+            ok = ~empty
+            ai, xa, ca, za, la, sa = ai[ok], xa[ok], ca[ok], za[ok], la[ok], sa[ok]
         c[ai], z[ai], labels[ai] = ca, za, la
         e = slk_energy(xa, ca, za, w[ai], sa, lam, mode)
-        row = torch.full_like(old, float("nan"))
         row[ai] = e
         history.append(row)
         iters[ai] += 1
@@ -436,8 +500,8 @@ def slk(
             break
     energies = torch.stack(history)
     if single:
-        return SLKResult(labels[0, ns:], z[0], c[0], energies[:, 0], iters[0])
-    return SLKResult(labels[:, ns:], z, c, energies, iters)
+        return SLKResult(labels[0, ns:], z[0], c[0], energies[:, 0], iters[0], restored[0])
+    return SLKResult(labels[:, ns:], z, c, energies, iters, restored)
 
 
 def prepare_task(
@@ -552,7 +616,15 @@ class SLK(nn.Module):
         return self.last.assignments[xs.shape[0] :]
 
 
-_PRESET = {"lam": 0.7, "mode": "kmeans", "knn": 3, "clamp_support": True, "normalise": True, "shift": True}
+_PRESET = {
+    "lam": 0.7,
+    "mode": "kmeans",
+    "version": "pami",
+    "knn": 3,
+    "clamp_support": True,
+    "normalise": True,
+    "shift": True,
+}
 SPEC = MethodSpec(
     status="implemented",
     entry="SLK",

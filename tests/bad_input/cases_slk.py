@@ -22,6 +22,9 @@ def _model_forward_before_support():
 CASES = [
     ("slk_mode", lambda: S.slk(_XS, _YS, _XQ, mode="kmodes"), "mode"),
     ("slk_lam", lambda: S.slk(_XS, _YS, _XQ, lam=-1.0), "lam"),
+    ("slk_version", lambda: S.slk(_XS, _YS, _XQ, version="2021"), "version"),
+    ("slk_outer_tol", lambda: S.slk(_XS, _YS, _XQ, outer_tol=-1e-4), "outer_tol"),
+    ("slk_bound_tol", lambda: S.slk(_XS, _YS, _XQ, bound_tol=-1e-7), "bound_tol"),
     ("slk_labels", lambda: S.slk(_XS, _YS + 1, _XQ), "support_y"),
     ("slk_label_shape", lambda: S.slk(_XS, _YS[:4], _XQ), "support_y"),
     ("slk_nan_support", lambda: S.slk(_nan(_XS), _YS, _XQ), "support"),
@@ -37,9 +40,16 @@ CASES = [
     ("shift_queries_width", lambda: S.shift_queries(_XS, _XQ[:, :2]), "query"),
     ("bound_update_lam", lambda: S.bound_update(torch.rand(4, 3), torch.eye(4), -1.0), "lam"),
     ("bound_update_w", lambda: S.bound_update(torch.rand(4, 3), torch.eye(3), 0.5), "w"),
-    ("mean_shift_members", lambda: S.mean_shift(_XS, torch.ones(2, 5, dtype=torch.bool), torch.zeros(2, 5), 1.0),
-     "members"),
+    ("bound_update_init", lambda: S.bound_update(torch.rand(4, 3), torch.eye(4), 0.5, init=torch.eye(2)), "init"),
+    (
+        "mean_shift_members",
+        lambda: S.mean_shift(_XS, torch.ones(2, 5, dtype=torch.bool), torch.zeros(2, 5), 1.0),
+        "members",
+    ),
     ("slk_energy_mode", lambda: S.slk_energy(_XS, _XS[:3], torch.rand(6, 3), torch.eye(6), 1.0, 0.5, "x"), "mode"),
-    ("tune_lambda_empty", lambda: S.tune_lambda(torch.randn(40, 5), torch.arange(4).repeat(10), None, lambdas=()),
-     "lambdas"),
+    (
+        "tune_lambda_empty",
+        lambda: S.tune_lambda(torch.randn(40, 5), torch.arange(4).repeat(10), None, lambdas=()),
+        "lambdas",
+    ),
 ]
