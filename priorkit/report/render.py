@@ -141,8 +141,8 @@ def render_markdown(results: list[dict[str, Any]], title: str = "priorkit bench"
             lines += ["", "Measured ablations (same checks, fewer seeds):", "", "| " + " | ".join(head) + " |",
                       "|" + "---|" * len(head)]  # fmt: skip
             lines += ["| " + " | ".join(row) + " |" for row in _ablation_rows(r)]
-        if r.get("diagnosis") and not r.get("reproduced"):
-            lines += ["", f"Diagnosis: {r['diagnosis']}"]
+        if not r.get("reproduced") and not r.get("quick"):
+            lines += ["", f"Diagnosis: {r.get('diagnosis') or 'none measured yet'}"]
         lines += ["", "| metric | method | baseline |", "|---|---|---|"]
         am = r["all_metrics"]
         for k in sorted(set(am["method"]) | set(am["baseline"])):
@@ -230,8 +230,8 @@ def render_html(results: list[dict[str, Any]], title: str = "priorkit bench", ba
                        + "".join(f"<th>{e(h)}</th>" for h in _ablation_head(r)) + "</tr>")  # fmt: skip
             out += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in _ablation_rows(r)]
             out.append("</table>")
-        if r.get("diagnosis") and not r.get("reproduced"):
-            out.append(f"<p><b>Diagnosis:</b> {e(r['diagnosis'])}</p>")
+        if not r.get("reproduced") and not r.get("quick"):
+            out.append(f"<p><b>Diagnosis:</b> {e(r.get('diagnosis') or 'none measured yet')}</p>")
         out.append("<table><tr><th>metric</th><th>method</th><th>baseline</th></tr>")
         am = r["all_metrics"]
         for k in sorted(set(am["method"]) | set(am["baseline"])):
