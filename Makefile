@@ -5,19 +5,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 OUT ?= bench-out
 
-.PHONY: setup bench test lint clean
+.PHONY: setup data bench test lint clean
 
 $(BIN)/priorkit: pyproject.toml
 	command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (set PY=...)"; exit 1; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[text,adapters,dev]'
+	$(BIN)/pip install -q -e '.[text,adapters,data,zoo,dev]'
 	touch $(BIN)/priorkit
 
 setup: $(BIN)/priorkit
 
-bench: setup
+# Fashion-MNIST's idx files from Debian's dataset-fashion-mnist package into priorkit's data folder (no root).
+data: setup
+	$(BIN)/priorkit data fetch fashion-mnist
+
+bench: setup data
 	$(BIN)/priorkit bench --quick --out $(OUT)
 
 test: setup

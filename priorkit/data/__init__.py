@@ -1,8 +1,10 @@
-"""Offline datasets, the user's own arrays, and split builders (label noise, OOD, GCD, MIL bags, few-shot
-episodes, class-incremental sessions, webly and zero-shot); every item is ``(x, y, index)``."""
+"""Offline datasets, real image sets (Fashion-MNIST, MNIST-5k), the user's own arrays, and split builders (label
+noise, OOD, GCD, MIL bags, few-shot episodes, class-incremental sessions, webly and zero-shot); every item is
+``(x, y, index)``."""
 
 from priorkit.data.datasets import (
     DATASETS,
+    REAL_DATASETS,
     IndexedTensorDataset,
     Splits,
     gaussian_mixture,
@@ -17,6 +19,16 @@ from priorkit.data.incremental import load_incremental, make_incremental
 from priorkit.data.mil import make_bags, mil_split
 from priorkit.data.noise import asymmetric_noise, pair_mapping, symmetric_noise
 from priorkit.data.ood import ood_split
+from priorkit.data.real import (
+    FASHION_MNIST_CLASSES,
+    fetch_fashion_mnist,
+    find_fashion_mnist,
+    load_fashion_mnist,
+    load_mnist,
+    load_real,
+    read_idx,
+    write_idx,
+)
 from priorkit.data.user import from_arrays, image_folder
 from priorkit.data.webly import make_webly
 from priorkit.data.zeroshot import make_zeroshot
@@ -35,6 +47,15 @@ __all__ = [
     "mil_split",
     "ood_split",
     "DATASETS",
+    "FASHION_MNIST_CLASSES",
+    "REAL_DATASETS",
+    "fetch_fashion_mnist",
+    "find_fashion_mnist",
+    "load_fashion_mnist",
+    "load_mnist",
+    "load_real",
+    "read_idx",
+    "write_idx",
     "IndexedTensorDataset",
     "Splits",
     "asymmetric_noise",

@@ -1,7 +1,8 @@
 """Offline datasets. Every item is ``(x, y, index)``: per-sample methods (PS-KD, ELR, ...) need the index.
 
 Nothing here downloads: digits come with scikit-learn, mnist1d is generated locally by the ``mnist1d``
-package from its templates (and cached), Gaussian mixtures are sampled from a seed.
+package from its templates (and cached), Gaussian mixtures are sampled from a seed. The real image sets
+(Fashion-MNIST, MNIST-5k) are read by :mod:`priorkit.data.real`.
 """
 
 from __future__ import annotations
@@ -126,8 +127,12 @@ def load_digits(*, image: bool = False, val: float = 0.1, test: float = 0.3, see
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("PRIORKIT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "priorkit"))
-    return Path(root)
+    """priorkit's cache: ``$PRIORKIT_CACHE``, else ``$XDG_CACHE_HOME/priorkit``, else ``~/.cache/priorkit``."""
+    root = os.environ.get("PRIORKIT_CACHE")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "priorkit"
 
 
 def load_mnist1d(*, val: float = 0.1, seed: int = 0, channel: bool = False) -> Splits:
@@ -179,12 +184,18 @@ def gaussian_mixture(
     return split_arrays(x, y, val=val, test=test, seed=seed)
 
 
-DATASETS = ("digits", "digits_image", "mnist1d", "mnist1d_channel", "gaussian_mixture")
+#: The real image sets of :mod:`priorkit.data.real` (``*_image``: ``[N, 1, 28, 28]``, else ``[N, 784]``).
+REAL_DATASETS = ("fashion_mnist", "fashion_mnist_image", "mnist", "mnist_image")
+DATASETS = ("digits", "digits_image", "mnist1d", "mnist1d_channel", "gaussian_mixture", *REAL_DATASETS)
 
 
 def load_dataset(name: str, *, seed: int = 0) -> Splits:
-    """Load one of :data:`DATASETS` by name."""
+    """Load one of :data:`DATASETS` by name (the real image sets through :func:`priorkit.data.real.load_real`)."""
     check_choice("dataset", name, DATASETS)
+    if name in REAL_DATASETS:
+        from priorkit.data.real import load_real
+
+        return load_real(name, seed=seed)
     if name.startswith("digits"):
         return load_digits(image=name == "digits_image", seed=seed)
     if name.startswith("mnist1d"):

@@ -31,9 +31,10 @@ import numpy as np
 import torch
 
 from priorkit.core.errors import PriorkitError, as_tensor, check_choice, check_positive_int, check_range
-from priorkit.data.datasets import IndexedTensorDataset, gaussian_mixture, load_digits, load_mnist1d
+from priorkit.data.datasets import REAL_DATASETS, IndexedTensorDataset, gaussian_mixture, load_digits, load_mnist1d
+from priorkit.data.real import load_real
 
-FEWSHOT_DATASETS = ("digits", "digits_image", "mnist1d", "mnist1d_channel", "gaussian_mixture")
+FEWSHOT_DATASETS = ("digits", "digits_image", "mnist1d", "mnist1d_channel", "gaussian_mixture", *REAL_DATASETS)
 
 
 def _labels_of(labels: torch.Tensor | IndexedTensorDataset | Sequence[int], name: str = "labels") -> torch.Tensor:
@@ -261,13 +262,16 @@ def load_fewshot(
     """A base/novel split of an offline dataset, pooling its train, validation and test splits first.
 
     On digits with ``base_classes=5``: base 0-4 (about 720 training / 180 held-out images), novel 5-9 (about
-    900 images). ``num_classes`` is used only by ``gaussian_mixture`` (16-d classes, 100 items each).
+    900 images). ``num_classes`` is used only by ``gaussian_mixture`` (16-d classes, 100 items each). On
+    ``fashion_mnist`` / ``mnist`` (:mod:`priorkit.data.real`) all 70,000 / 5,000 images are pooled the same way.
     """
     check_choice("dataset", dataset, FEWSHOT_DATASETS)
     if dataset.startswith("digits"):
         sp = load_digits(image=dataset == "digits_image", seed=0)
     elif dataset.startswith("mnist1d"):
         sp = load_mnist1d(seed=0, channel=dataset == "mnist1d_channel")
+    elif dataset in REAL_DATASETS:
+        sp = load_real(dataset, seed=0)
     else:
         check_positive_int("num_classes", num_classes, 3)
         sp = gaussian_mixture(100 * num_classes, num_classes=num_classes, dim=16, separation=3.0, seed=seed)

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 from priorkit.core.errors import PriorkitError, check_range
-from priorkit.data.datasets import IndexedTensorDataset, Splits
+from priorkit.data.datasets import REAL_DATASETS, IndexedTensorDataset, Splits
 from priorkit.data.ood import UserData, resolve_splits
 
-GCD_DATASETS = ("digits", "digits_image", "mnist1d", "mnist1d_channel")
+GCD_DATASETS = ("digits", "digits_image", "mnist1d", "mnist1d_channel", *REAL_DATASETS)
 
 
 @dataclass

@@ -28,9 +28,10 @@ import numpy as np
 import torch
 
 from priorkit.core.errors import PriorkitError, as_tensor, check_choice, check_positive_int
-from priorkit.data.datasets import IndexedTensorDataset, gaussian_mixture, load_digits, load_mnist1d
+from priorkit.data.datasets import REAL_DATASETS, IndexedTensorDataset, gaussian_mixture, load_digits, load_mnist1d
+from priorkit.data.real import load_real
 
-INCREMENTAL_DATASETS = ("digits", "digits_image", "mnist1d", "mnist1d_channel", "gaussian_mixture")
+INCREMENTAL_DATASETS = ("digits", "digits_image", "mnist1d", "mnist1d_channel", "gaussian_mixture", *REAL_DATASETS)
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,8 @@ def load_incremental(
         sp = load_digits(image=dataset == "digits_image", seed=seed)
     elif dataset.startswith("mnist1d"):
         sp = load_mnist1d(seed=seed, channel=dataset == "mnist1d_channel")
+    elif dataset in REAL_DATASETS:
+        sp = load_real(dataset, seed=seed)  # Fashion-MNIST: its official test images are the test set
     else:
         check_positive_int("num_classes", num_classes, 3)
         sp = gaussian_mixture(

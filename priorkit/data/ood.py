@@ -1,10 +1,11 @@
 """In-distribution / out-of-distribution splits, deterministic from a seed (for PALM, ProtoGCD's OOD scores, ...).
 
 The CPU stand-in for "train on CIFAR, test against SVHN / Textures": the in-distribution (ID) set is a subset of
-the classes of digits or mnist1d, relabelled ``0..C_in-1``; *near-OOD* are the test samples of the held-out
-classes (same sensor, unseen semantics) and *far-OOD* are generated outliers of the same shape (uniform noise,
-Gaussian noise clipped to the data range, or pixel-shuffled ID test images). Only the ID classes' training
-samples are ever used for training; near-OOD comes from the test split, so no OOD image was seen in training.
+the classes of digits or mnist1d (or Fashion-MNIST / MNIST-5k), relabelled ``0..C_in-1``; *near-OOD* are the test
+samples of the held-out classes (same sensor, unseen semantics) and *far-OOD* are generated outliers of the same
+shape (uniform noise, Gaussian noise clipped to the data range, or pixel-shuffled ID test images). Only the ID
+classes' training samples are ever used for training; near-OOD comes from the test split, so no OOD image was seen
+in training.
 
 >>> d = ood_split("digits", id_classes=(0, 1, 2, 3, 4), seed=0)
 >>> d.num_classes, d.id_classes, d.ood_classes
@@ -42,9 +43,10 @@ from priorkit.core.errors import (
     check_positive_int,
     check_range,
 )
-from priorkit.data.datasets import IndexedTensorDataset, Splits, load_digits, load_mnist1d, split_arrays
+from priorkit.data.datasets import REAL_DATASETS, IndexedTensorDataset, Splits, load_digits, load_mnist1d, split_arrays
+from priorkit.data.real import load_real
 
-OOD_DATASETS = ("digits", "digits_image", "mnist1d", "mnist1d_channel")
+OOD_DATASETS = ("digits", "digits_image", "mnist1d", "mnist1d_channel", *REAL_DATASETS)
 FAR_KINDS = ("uniform", "gaussian", "shuffled")
 
 #: A user's own labelled data: an ``(x, y)`` pair of tensors or numpy arrays, or an :class:`IndexedTensorDataset`.
@@ -70,6 +72,8 @@ class OODSplits:
 
 
 def _load(name: str, seed: int) -> Splits:
+    if name in REAL_DATASETS:  # Fashion-MNIST keeps its official test split; MNIST-5k holds out 30%
+        return load_real(name, val=0.0, test=0.3, seed=seed)
     if name.startswith("digits"):
         return load_digits(image=name == "digits_image", val=0.0, test=0.3, seed=seed)
     return load_mnist1d(val=0.0, seed=seed, channel=name == "mnist1d_channel")
