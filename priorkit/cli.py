@@ -16,6 +16,9 @@ def full_verdict(method_id: str, results: Path = Path("results")) -> str:
     repository root, where the README is) to its section of the combined report; ``no result`` when none."""
     path = results / f"{method_id}.json"
     if not path.is_file():
+        pending = results / "pending.json"
+        if pending.is_file() and method_id in json.loads(pending.read_text()):
+            return "full run pending"
         return "no result"
     r = json.loads(path.read_text())
     if r.get("quick"):

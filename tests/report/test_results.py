@@ -2,6 +2,7 @@
 experiment would produce (same config hash, same rules, enough seeds), and the combined report lists it."""
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,21 @@ from priorkit.report.render import load_results
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
 IDS = select_ids()
+#: methods whose full-budget run is not committed yet, each with the reason (shown as "full run pending" in the
+#: README table); an id may not be both pending and recorded
+PENDING = json.loads((RESULTS / "pending.json").read_text()) if (RESULTS / "pending.json").is_file() else {}
+
+
+def test_pending_list_is_honest():
+    for method_id, reason in PENDING.items():
+        assert method_id in IDS and reason, f"pending entry {method_id!r} needs an implemented id and a reason"
+        assert not (RESULTS / f"{method_id}.json").is_file(), f"{method_id} has a record: drop it from pending.json"
 
 
 @pytest.mark.parametrize("method_id", IDS)
 def test_committed_full_result_matches_the_experiment(method_id):
+    if method_id in PENDING:
+        pytest.skip(f"full run pending: {PENDING[method_id]}")
     path = RESULTS / f"{method_id}.json"
     assert path.is_file(), f"no committed result: run `priorkit bench --ids {method_id}` and commit {path.name}"
     r = load_results(path)
