@@ -3,9 +3,11 @@
 The CPU stand-in for "train on CIFAR, test against SVHN / Textures": the in-distribution (ID) set is a subset of
 the classes of digits or mnist1d (or Fashion-MNIST / MNIST-5k), relabelled ``0..C_in-1``; *near-OOD* are the test
 samples of the held-out classes (same sensor, unseen semantics) and *far-OOD* are generated outliers of the same
-shape (uniform noise, Gaussian noise clipped to the data range, or pixel-shuffled ID test images). Only the ID
-classes' training samples are ever used for training; near-OOD comes from the test split, so no OOD image was seen
-in training.
+shape (uniform noise, Gaussian noise clipped to the data range, or pixel-shuffled ID test images) or, for gray
+images, real ones: ``natural`` (random crops of scikit-image's bundled photographs and textures, resized to the
+dataset's side; the CPU stand-in for Textures / Places) and ``mnist`` (MNIST-5k digits). Only the ID classes'
+training samples are ever used for training; near-OOD comes from the test split, so no OOD image was seen in
+training.
 
 >>> d = ood_split("digits", id_classes=(0, 1, 2, 3, 4), seed=0)
 >>> d.num_classes, d.id_classes, d.ood_classes
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from priorkit.core.errors import (
     PriorkitError,
@@ -44,10 +47,20 @@ from priorkit.core.errors import (
     check_range,
 )
 from priorkit.data.datasets import REAL_DATASETS, IndexedTensorDataset, Splits, load_digits, load_mnist1d, split_arrays
-from priorkit.data.real import load_real
+from priorkit.data.real import _mnist5k, load_real
 
 OOD_DATASETS = ("digits", "digits_image", "mnist1d", "mnist1d_channel", *REAL_DATASETS)
-FAR_KINDS = ("uniform", "gaussian", "shuffled")
+#: far-OOD sets made from noise or the ID images themselves (any input shape)
+GENERATED_FAR_KINDS = ("uniform", "gaussian", "shuffled")
+#: far-OOD sets of real images (gray image inputs only): crops of natural photographs / textures, MNIST-5k digits
+REAL_FAR_KINDS = ("natural", "mnist")
+FAR_KINDS = (*GENERATED_FAR_KINDS, *REAL_FAR_KINDS)
+#: the photographs and textures bundled with scikit-image (no download) that ``natural`` crops come from
+NATURAL_IMAGES = (
+    "astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "grass", "gravel", "hubble_deep_field",
+    "immunohistochemistry", "moon", "page", "rocket", "text",
+)  # fmt: skip
+_NATURAL_CACHE: list[torch.Tensor] = []
 
 #: A user's own labelled data: an ``(x, y)`` pair of tensors or numpy arrays, or an :class:`IndexedTensorDataset`.
 UserData = tuple[Any, Any] | list[Any] | IndexedTensorDataset
@@ -198,6 +211,76 @@ def select_classes(data: IndexedTensorDataset, classes: Sequence[int], relabel: 
     return IndexedTensorDataset(x, y)
 
 
+def _image_side(shape: tuple[int, ...], kind: str) -> tuple[int, int]:
+    """``(H, W)`` of a gray image input: ``(H, W)``, ``(1, H, W)`` or a flat square ``(H*W,)``."""
+    if len(shape) == 2 or (len(shape) == 3 and shape[0] == 1):
+        return shape[-2], shape[-1]
+    if len(shape) == 1 and round(shape[0] ** 0.5) ** 2 == shape[0]:
+        side = round(shape[0] ** 0.5)
+        return side, side
+    raise PriorkitError(
+        f"far kind {kind!r} makes gray images: shape must be (H, W), (1, H, W) or a flat square (H*W,), got {shape}"
+    )
+
+
+def _natural_images() -> list[torch.Tensor]:
+    """The :data:`NATURAL_IMAGES` as gray float ``[H, W]`` tensors in [0, 1] (read once per process)."""
+    if not _NATURAL_CACHE:
+        try:
+            import skimage.data as skdata
+        except ImportError:  # pragma: no cover - depends on the installed extras
+            raise PriorkitError(
+                "far kind 'natural' needs scikit-image (its bundled images): pip install 'priorkit[data]'"
+            ) from None
+        luma = torch.tensor([0.2125, 0.7154, 0.0721])  # ITU-R 709, as skimage.color.rgb2gray
+        for name in NATURAL_IMAGES:
+            img = torch.from_numpy(getattr(skdata, name)()).float().div(255.0)
+            _NATURAL_CACHE.append(img[..., :3] @ luma if img.dim() == 3 else img)
+    return _NATURAL_CACHE
+
+
+def natural_crops(n: int, side: Sequence[int] = (28, 28), *, seed: int = 0, scale: tuple[float, float] = (2.0, 6.0)
+                  ) -> torch.Tensor:  # fmt: skip
+    """``n`` gray ``[n, H, W]`` images in [0, 1]: square crops of a random :data:`NATURAL_IMAGES` photograph or
+    texture at a random position, ``scale`` times the target side (capped by the image), resized to ``side`` with
+    antialiasing. Deterministic from ``seed``; needs scikit-image (extra ``priorkit[data]``), no download."""
+    check_positive_int("n", n)
+    h, w = (int(s) for s in side)
+    check_positive_int("side", min(h, w))
+    lo, hi = scale
+    if not 0 < lo <= hi:
+        raise PriorkitError(f"scale must be (low, high) with 0 < low <= high, got {scale}")
+    images = _natural_images()
+    g = torch.Generator().manual_seed(seed)
+    which = torch.randint(len(images), (n,), generator=g)
+    frac = torch.rand(n, 3, generator=g)
+    out = torch.empty(n, h, w)
+    for i in range(n):
+        img = images[int(which[i])]
+        cap = min(img.shape)
+        s = max(1, min(cap, round((lo + (hi - lo) * float(frac[i, 0])) * max(h, w))))
+        top = int(float(frac[i, 1]) * (img.shape[0] - s + 1))
+        left = int(float(frac[i, 2]) * (img.shape[1] - s + 1))
+        crop = img[top : top + s, left : left + s][None, None]
+        out[i] = F.interpolate(crop, size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0, 0]
+    return out.clamp_(0.0, 1.0)
+
+
+def mnist_digits(n: int, side: Sequence[int] = (28, 28), *, seed: int = 0) -> torch.Tensor:
+    """``n`` distinct MNIST-5k digits (extra ``priorkit[data]``) as gray ``[n, H, W]`` images in [0, 1], drawn from
+    ``seed`` and resized to ``side`` (antialiased) when it is not 28 x 28."""
+    check_positive_int("n", n)
+    xu, _ = _mnist5k()
+    if n > len(xu):
+        raise PriorkitError(f"far kind 'mnist' has {len(xu)} MNIST-5k digits; n (n_far) must be <= {len(xu)}, got {n}")
+    idx = torch.randperm(len(xu), generator=torch.Generator().manual_seed(seed))[:n]
+    x = torch.from_numpy(xu[idx.numpy()].copy()).float().div_(255.0).view(n, 1, 28, 28)
+    h, w = (int(s) for s in side)
+    if (h, w) != (28, 28):
+        x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False).clamp_(0.0, 1.0)
+    return x[:, 0]
+
+
 def far_outliers(
     n: int,
     shape: Sequence[int],
@@ -207,8 +290,10 @@ def far_outliers(
     value_range: tuple[float, float] = (0.0, 1.0),
     reference: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``n`` generated outliers of ``shape``: ``uniform`` in ``value_range``, ``gaussian`` (mean/std of the range,
-    clipped to it), or ``shuffled`` (each ``reference`` row with its features permuted: ID statistics, no shape)."""
+    """``n`` far outliers of ``shape``: ``uniform`` in ``value_range``, ``gaussian`` (mean/std of the range,
+    clipped to it), ``shuffled`` (each ``reference`` row with its features permuted: ID statistics, no shape), or
+    real gray images mapped from [0, 1] onto ``value_range``: ``natural`` (:func:`natural_crops`) and ``mnist``
+    (:func:`mnist_digits`); those two need an image ``shape`` (``(H, W)``, ``(1, H, W)`` or flat ``(H*W,)``)."""
     check_positive_int("n", n)
     check_choice("kind", kind, FAR_KINDS)
     lo, hi = value_range
@@ -216,6 +301,10 @@ def far_outliers(
         raise PriorkitError(f"value_range must be (low, high) with high > low, got {value_range}")
     g = torch.Generator().manual_seed(seed)
     shape = tuple(int(s) for s in shape)
+    if kind in REAL_FAR_KINDS:
+        hw = _image_side(shape, kind)
+        img = natural_crops(n, hw, seed=seed) if kind == "natural" else mnist_digits(n, hw, seed=seed)
+        return (lo + (hi - lo) * img).reshape(n, *shape)
     if kind == "uniform":
         return lo + (hi - lo) * torch.rand((n, *shape), generator=g)
     if kind == "gaussian":
@@ -247,6 +336,8 @@ def ood_split(
     arrays (alike), an :class:`IndexedTensorDataset` or a :class:`Splits`. For the user's data the test part is
     ``test_data`` or a stratified ``test`` fraction (default 0.3) of ``dataset``, and the classes are
     ``0..num_classes-1`` (default: the largest label plus one); see :func:`user_splits`."""
+    if "mnist" in far and isinstance(dataset, str) and dataset.startswith("mnist"):
+        raise PriorkitError(f"far kind 'mnist' is the ID dataset {dataset!r} itself; pick other far kinds")
     base, name = resolve_splits(
         dataset, OOD_DATASETS, test_data=test_data, test=test, num_classes=num_classes, seed=seed
     )

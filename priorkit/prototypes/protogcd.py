@@ -103,7 +103,8 @@ _PAPER = {
 SPEC = MethodSpec(
     status="implemented",
     entry="ProtoGCDRecipe",
-    missing="estimating K and partial ViT fine-tuning not built; stand-in for the DINO ViT: an MLP backbone on digits",
+    missing="estimating K and partial ViT fine-tuning not built; stand-in for the DINO ViT: the frozen zoo conv net "
+    "fmnist_conv_base5 (pretrained on Fashion-MNIST classes 0-4) with a trained MLP on its features",
     presets={"paper": _PAPER, "small": {**_PAPER, "epochs": 100, "ramp": 50}},
 )
 
