@@ -502,9 +502,10 @@ def crossover(ms: Sequence[int], err_a: Sequence[float], err_b: Sequence[float])
 SPEC = MethodSpec(
     status="implemented",
     entry="GaussianNB",
-    missing="H-consistency bound calculator, pretrained-vision feature extractors and feature diagnostics not built "
-    "(card: later); stand-ins for pretrained vision features: a small MLP's digit features and MiniLM embeddings "
-    "of templated topic sentences (a harder text task is not chosen yet)",
+    missing="H-consistency bound calculator and feature diagnostics not built (card: later); stand-ins for the "
+    "paper's large pretrained vision backbones: frozen features of a conv net priorkit pretrained on Fashion-MNIST "
+    "classes 0-4 (zoo fmnist_conv_base5) probed on classes 5-9, and MiniLM embeddings of templated topic sentences "
+    "(a harder text task is not chosen yet)",
     presets={
         "paper": {"eps": 1e-9, "eps_mode": "absolute", "pooled": True, "lr_C": 1.0, "lr_max_iter": 1000,
                   "sgd_lr": 1.0, "sgd_momentum": 0.9, "sgd_epochs": 100, "sgd_milestones": (60, 80),

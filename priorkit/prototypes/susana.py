@@ -373,7 +373,8 @@ SPEC = MethodSpec(
     entry="SuSanaRecipe",
     missing=(
         "no ResNet-12 pretraining / FEAT-style trainer (plain episodic recipe on the engine); stand-in for "
-        "miniImageNet with a ResNet-12: an MLP embedding on digits"
+        "miniImageNet with a pretrained ResNet-12: a residual MLP embedding head on frozen features of a conv net "
+        "priorkit pretrained on Fashion-MNIST classes 0-4 (zoo fmnist_conv_base5), tested on classes 5-9"
     ),
     presets={
         "paper": dict(_PRESET, n_way=5, n_shot=5, n_query=15, lr=1e-3),

@@ -1,8 +1,10 @@
 """nb_vs_lr: the pooled Gaussian NB head (linear form, streaming = batch, priors), LR heads, the simulator and
-its Bayes error, the learning-curve helpers, the experiment's pieces, and bad input."""
+its Bayes error, the learning-curve helpers, the experiment's pieces (part 2 on a stand-in for Fashion-MNIST),
+and bad input."""
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
 import math
 
@@ -11,6 +13,7 @@ import torch
 
 import priorkit.prototypes.nb_vs_lr as nbmod
 from priorkit.core.errors import PriorkitError
+from priorkit.data.datasets import IndexedTensorDataset, Splits
 from priorkit.experiments.nb_vs_lr import sim_grid
 from priorkit.prototypes.nb_vs_lr import (
     GaussianNB,
@@ -227,3 +230,58 @@ def test_sgd_early_stopping_through_the_engine(monkeypatch: pytest.MonkeyPatch) 
     assert calls == list(range(8))  # checks after epochs 1, 3, 5, 7: the first is the best, 3 more end the run
     with pytest.raises(PriorkitError, match="eval_y: labels must lie"):
         fit_logistic_sgd(x, y, 3, eval_x=x, eval_y=y + 5)
+
+
+def _fake_fashion_mnist(n_train: int = 300, n_test: int = 100) -> Splits:
+    """A tiny stand-in for Fashion-MNIST (CI has no real images): 10 labels, images [N, 1, 28, 28] in [0, 1]."""
+    g = torch.Generator().manual_seed(0)
+
+    def part(n: int) -> IndexedTensorDataset:
+        return IndexedTensorDataset(torch.rand(n, 1, 28, 28, generator=g), torch.arange(n) % 10)
+
+    return Splits(part(n_train), part(n_train // 10), part(n_test), num_classes=10, input_shape=(1, 28, 28))
+
+
+def test_experiment_probe_features_on_the_novel_classes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Part 2: pool drawn per class from the seed out of the training split, every test image of the classes
+    >= source_classes, features min-max scaled on the pool, labels from 0; overlap with the backbone's pretraining
+    classes and mismatched dataset / backbone are refused."""
+    import priorkit.data
+    import priorkit.experiments.nb_vs_lr as ex
+
+    fake = _fake_fashion_mnist()
+    monkeypatch.setattr(priorkit.data, "load_dataset", lambda name, **kw: fake)
+    seen: list[torch.Tensor] = []
+
+    def feats(x: torch.Tensor, backbone: str) -> torch.Tensor:
+        seen.append(x)
+        return x.flatten(1)[:, :6] * 3.0 + 1.0
+
+    monkeypatch.setattr(ex, "_zoo_features", feats)
+    c = dataclasses.replace(ex.FULL, probe_pool_per_class=7, probe_test_per_class=0)
+    xp, yp, xt, yt = ex._probe_features(0, c)
+    assert torch.bincount(yp).tolist() == [7] * 5 and torch.bincount(yt).tolist() == [10] * 5
+    assert xp.dtype == torch.float64 and xp.shape == (35, 6) and xt.shape == (50, 6)
+    assert torch.equal(xp.min(0).values, torch.zeros(6)) and torch.equal(xp.max(0).values, torch.ones(6))
+    # the pool: distinct training images of the novel classes; the test set: every novel test image, in order
+    train_x, train_y = torch.cat([fake.train.x, fake.val.x]), torch.cat([fake.train.y, fake.val.y])
+    rows = {r.numpy().tobytes(): int(label) for r, label in zip(train_x, train_y)}
+    pool_labels = [rows[r.numpy().tobytes()] for r in seen[0]]
+    assert len(set(r.numpy().tobytes() for r in seen[0])) == 35 and pool_labels == (yp + 5).tolist()
+    assert torch.equal(seen[1], fake.test.x[fake.test.y >= 5]) and torch.equal(yt, fake.test.y[fake.test.y >= 5] - 5)
+    same = ex._probe_features(0, c)
+    other = ex._probe_features(1, c)
+    assert all(torch.equal(a, b) for a, b in zip((xp, yp, xt, yt), same))
+    assert not torch.equal(xp, other[0]) and torch.equal(yt, other[3])
+    for backbone in ("fmnist_conv_base5", "random_init"):  # classes 3-4 were in fmnist_conv_base5's pretraining
+        with pytest.raises(PriorkitError, match="overlap"):
+            ex._probe_features(0, dataclasses.replace(c, backbone=backbone, source_classes=3))
+    imagenet = ex._probe_features(0, dataclasses.replace(c, backbone="efficientnet_lite0", source_classes=3))
+    assert torch.bincount(imagenet[1]).tolist() == [7] * 7  # no Fashion-MNIST label space: nothing to overlap
+    with pytest.raises(PriorkitError, match="backbone 'mlp' goes with dataset 'digits'"):
+        ex._probe_features(0, dataclasses.replace(c, dataset="digits"))
+    with pytest.raises(PriorkitError, match="backbone"):
+        ex._probe_features(0, dataclasses.replace(c, backbone="resnet"))
+    assert set(ex.EXPERIMENT.ablations) == {"random_init", "digits_mlp", "efficientnet_lite0"}
+    for overrides in ex.EXPERIMENT.ablations.values():
+        dataclasses.replace(ex.FULL, **overrides)  # every ablation names real config fields
