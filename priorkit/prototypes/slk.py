@@ -629,8 +629,9 @@ SPEC = MethodSpec(
     status="implemented",
     entry="SLK",
     missing=(
-        "pretrained WRN/ResNet feature extractors not available (small backbones only); the 1-shot gain over "
-        "SimpleShot does not reproduce on MLP features of novel digits"
+        "the paper's WRN/ResNet-18 extractors and mini-/tiered-ImageNet/CUB not available: the experiment runs on "
+        "a small conv net pretrained by priorkit on Fashion-MNIST classes 0-4 (zoo fmnist_conv_base5), tasks of "
+        "classes 5-9"
     ),
     presets={"paper": dict(_PRESET), "small": dict(_PRESET)},
 )

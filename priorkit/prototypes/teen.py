@@ -274,8 +274,9 @@ SPEC = MethodSpec(
     status="implemented",
     entry="TEEN",
     missing=(
-        "CIFAR-100/miniImageNet/CUB loaders and the ResNet-20/18 base-session schedules not built "
-        "(small backbones on digits/mnist1d/generated classes only)"
+        "CIFAR-100/miniImageNet/CUB loaders and the ResNet-20/18 base-session schedules not built: the experiment's "
+        "base session is a small conv net pretrained by priorkit on Fashion-MNIST classes 0-4 (zoo "
+        "fmnist_conv_base5), the new classes 5-9 come in few-shot sessions"
     ),
     presets={
         "paper": {"alpha": 0.5, "tau": 16.0, "temperature": 16.0, "pool": "base", "new_mode": "cos"},

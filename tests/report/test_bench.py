@@ -89,7 +89,11 @@ def test_bench_selection_and_errors():
         select_ids(["pskdd"])
 
 
-def test_cli_bench_writes_records_and_the_combined_report(tmp_path, capsys):
+def test_cli_bench_writes_records_and_the_combined_report(tmp_path, capsys, monkeypatch):
+    from priorkit.report.bench import load_experiment
+
+    teen = load_experiment("teen")  # its digits setup: no real data set needed
+    monkeypatch.setattr(teen, "quick", dataclasses.replace(teen.quick, **teen.ablations["digits_mlp"]))
     out = tmp_path / "b"
     assert main(["bench", "--ids", "teen", "--quick", "--seeds", "1", "--out", str(out)]) == 0
     assert {p.name for p in out.iterdir()} >= {"teen.json", "results.json", "report.md", "report.html"}
