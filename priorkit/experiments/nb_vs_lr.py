@@ -169,13 +169,12 @@ def _per_class(y: torch.Tensor, per_class: int, g: torch.Generator | None) -> to
 @torch.no_grad()
 def _zoo_features(x: torch.Tensor, backbone: str, batch_size: int = 512) -> torch.Tensor:
     """Frozen features of ``x``: a pretrained zoo backbone's (cached on disk) or, for ``"random_init"``, those of
-    the ``fmnist_conv_base5`` architecture randomly initialised (computed)."""
-    from priorkit.zoo import create_model, extract_features
+    the ``fmnist_conv_base5`` architecture randomly initialised (both cached on disk by the zoo)."""
+    from priorkit.zoo import extract_features
 
     if backbone != "random_init":
         return extract_features(backbone, x, batch_size=batch_size)
-    net = create_model(ZOO_BACKBONE, pretrained=False)
-    return torch.cat([net(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)])
+    return extract_features(ZOO_BACKBONE, x, batch_size=batch_size, pretrained=False)
 
 
 def _fmnist_features(seed: int, c: Config) -> Features:

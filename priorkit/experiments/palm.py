@@ -121,22 +121,12 @@ DIGITS_SETUP = {"dataset": "digits", "backbone": "mlp", "far": ("uniform",), "ep
 
 
 # ------------------------------------------------------------------------------ frozen features of Fashion-MNIST
-_RANDOM_FEATURES: dict[str, torch.Tensor] = {}
-
-
 def frozen_features(backbone: str, x: torch.Tensor) -> torch.Tensor:
-    """``[N, 256]`` features of images ``x`` through ``fmnist_conv_base5``: pretrained (cached on disk by the zoo)
-    or, for ``backbone="random_init"``, the same architecture randomly initialised (kept for the process)."""
-    from priorkit.zoo import create_model, extract_features, features_key
+    """``[N, 256]`` features of images ``x`` through ``fmnist_conv_base5``, pretrained or, for
+    ``backbone="random_init"``, the same architecture randomly initialised (both cached on disk by the zoo)."""
+    from priorkit.zoo import extract_features
 
-    if backbone != RANDOM_INIT:
-        return extract_features(ZOO_BACKBONE, x)
-    model = create_model(ZOO_BACKBONE, pretrained=False)
-    key = features_key(model, x)
-    if key not in _RANDOM_FEATURES:
-        with torch.no_grad():
-            _RANDOM_FEATURES[key] = torch.cat([model(x[i : i + 512]) for i in range(0, len(x), 512)])
-    return _RANDOM_FEATURES[key]
+    return extract_features(ZOO_BACKBONE, x, batch_size=512, pretrained=backbone != RANDOM_INIT)
 
 
 @functools.lru_cache(maxsize=1)

@@ -102,22 +102,12 @@ def train_backbone(seed: int, c: Config = FULL) -> tuple[MLP, object]:
     return model.eval(), fs
 
 
-_RANDOM_FEATURES: dict[str, torch.Tensor] = {}
-
-
 def frozen_features(backbone: str, zoo_name: str, x: torch.Tensor) -> torch.Tensor:
-    """Features of ``x`` through zoo backbone ``zoo_name``: pretrained (cached on disk by the zoo) or, for
-    ``backbone="random_init"``, the same architecture randomly initialised (kept for the process)."""
-    from priorkit.zoo import create_model, extract_features, features_key
+    """Features of ``x`` through zoo backbone ``zoo_name``, pretrained or, for ``backbone="random_init"``, the same
+    architecture randomly initialised (both cached on disk by the zoo)."""
+    from priorkit.zoo import extract_features
 
-    if backbone != RANDOM_INIT:
-        return extract_features(zoo_name, x)
-    model = create_model(zoo_name, pretrained=False)
-    key = features_key(model, x)
-    if key not in _RANDOM_FEATURES:
-        with torch.no_grad():
-            _RANDOM_FEATURES[key] = torch.cat([model(x[i : i + 256]) for i in range(0, len(x), 256)])
-    return _RANDOM_FEATURES[key]
+    return extract_features(zoo_name, x, pretrained=backbone != RANDOM_INIT)
 
 
 @functools.lru_cache(maxsize=2)

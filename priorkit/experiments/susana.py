@@ -136,16 +136,13 @@ def _subset(data: IndexedTensorDataset, per_class: int, seed: int) -> IndexedTen
 @torch.no_grad()
 def features(x: torch.Tensor, backbone: str, batch_size: int = 512) -> torch.Tensor:
     """``x`` as the embedding head sees it: frozen ``fmnist_conv_base5`` features (pretrained ones cached on disk;
-    ``"random_init"``: the same architecture randomly initialised, computed), or the flattened pixels."""
+    ``"random_init"``: the same architecture randomly initialised, cached too), or the flattened pixels."""
     check_choice("backbone", backbone, BACKBONES)
     if backbone == "pixels":
         return x.flatten(1).float()
-    from priorkit.zoo import create_model, extract_features
+    from priorkit.zoo import extract_features
 
-    if backbone == ZOO_BACKBONE:
-        return extract_features(ZOO_BACKBONE, x, batch_size=batch_size)
-    net = create_model(ZOO_BACKBONE, pretrained=False)
-    return torch.cat([net(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)])
+    return extract_features(ZOO_BACKBONE, x, batch_size=batch_size, pretrained=backbone == ZOO_BACKBONE)
 
 
 def _data(seed: int, c: Config) -> tuple[IndexedTensorDataset, IndexedTensorDataset]:

@@ -23,7 +23,7 @@ from priorkit.zoo.registry import create_model
 __all__ = ["extract_features", "features_key"]
 
 _FORMAT = 1
-_MODELS: dict[tuple[str, str, str], FrozenBackbone] = {}  # loaded backbones, reused within a process
+_MODELS: dict[tuple[str, str, str, bool], FrozenBackbone] = {}  # loaded backbones, reused within a process
 
 
 def features_key(model: FrozenBackbone, x: torch.Tensor) -> str:
@@ -35,10 +35,12 @@ def features_key(model: FrozenBackbone, x: torch.Tensor) -> str:
     return h.hexdigest()[:24]
 
 
-def _model(name: str, cache_dir: str | os.PathLike | None, options: dict[str, Any]) -> FrozenBackbone:
-    key = (name, str(cache_root(cache_dir)), repr(sorted(options.items())))
+def _model(
+    name: str, cache_dir: str | os.PathLike | None, options: dict[str, Any], pretrained: bool
+) -> FrozenBackbone:
+    key = (name, str(cache_root(cache_dir)), repr(sorted(options.items())), pretrained)
     if key not in _MODELS:
-        _MODELS[key] = create_model(name, pretrained=True, cache_dir=cache_dir, **options)
+        _MODELS[key] = create_model(name, pretrained=pretrained, cache_dir=cache_dir, **options)
     return _MODELS[key]
 
 
@@ -49,10 +51,12 @@ def extract_features(
     batch_size: int = 256,
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
+    pretrained: bool = True,
     **options: Any,
 ) -> torch.Tensor:
     """``[N, feature_dim]`` float32 features of ``x`` (a tensor or numpy array of inputs the backbone takes)
-    through the pretrained frozen backbone ``name``, in batches of ``batch_size``.
+    through the frozen backbone ``name``, in batches of ``batch_size``: pretrained, or with ``pretrained=False``
+    the same architecture randomly initialised from its fixed seed (the "pretrained vs scratch" ablation).
 
     With ``cache`` the result is stored under ``<cache>/features/`` and later calls with the same weights,
     preprocessing and input bytes read it back. ``options`` go to :func:`priorkit.zoo.create_model`.
@@ -61,7 +65,7 @@ def extract_features(
     x = as_tensor("x", x)
     if x.dim() < 2 or len(x) == 0:
         raise PriorkitError(f"x must be a non-empty batch of inputs [N, ...], got shape {list(x.shape)}")
-    model = _model(name, cache_dir, options)
+    model = _model(name, cache_dir, options, pretrained)
     path = None
     if cache:
         path = features_dir(cache_dir) / f"{name}-{features_key(model, x)}.pt"

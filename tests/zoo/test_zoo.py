@@ -155,6 +155,11 @@ def test_extract_features_are_cached_by_weights_and_input(cache):
     assert torch.equal(extract_features("digits_mlp_base5", x, cache=False, config=TINY_MLP), f)
     with pytest.raises(PriorkitError, match="batch_size must be an integer >= 1"):
         extract_features("digits_mlp_base5", x, batch_size=0, config=TINY_MLP)
+    # the "pretrained vs scratch" ablation: the same architecture randomly initialised, cached under its own key
+    r = extract_features("digits_mlp_base5", x, pretrained=False, config=TINY_MLP)
+    assert torch.equal(r, create_model("digits_mlp_base5", pretrained=False, config=TINY_MLP)(x))
+    assert not torch.equal(r, f) and len(list((cache / "features").iterdir())) == 3
+    assert torch.equal(extract_features("digits_mlp_base5", x, pretrained=False, config=TINY_MLP), r)
 
 
 def test_fmnist_conv_tiny_build_is_bit_for_bit(tmp_path, monkeypatch):
