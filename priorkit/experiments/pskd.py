@@ -139,6 +139,11 @@ EXPERIMENT = Experiment(
     former_note="The first rule asked for an ECE only 0.005 below cross-entropy's (any small absolute gain passed) and "
     "did not check NLL; the card expects ECE to fall by a factor of 2-5 with a lower NLL, so the rule now asks for "
     "a per-seed ECE ratio of at most 0.5 and a lower NLL. The accuracy rule is unchanged.",
+    diagnosis="PS-KD lowers ECE on most seeds but by less than the card's factor of 2, and NLL and accuracy do not "
+    "move: the cross-entropy baseline here is only mildly over-confident (its ECE, in the metrics table, is a "
+    "fraction of what a CIFAR-100 ResNet reaches), so there is little over-confidence for the softened targets to "
+    "remove. The in-run alpha_T sweep (ece_ratio@alpha_T=0.4 and @0.6) shows the ratio falling as alpha_T grows "
+    "at unchanged accuracy, the direction the paper reports, without reaching 0.5 in this range.",
     run=run,
     quick=QUICK,
     full=FULL,
