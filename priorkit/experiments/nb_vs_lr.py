@@ -388,6 +388,12 @@ EXPERIMENT = Experiment(
     quick_seeds=2,
     plot=plot,
     threads=1,
+    diagnosis="The paper's simulation reproduces (NB reaches its asymptote with far fewer samples, log10_m_reach), "
+    "but its consequence for frozen features does not: with 5 labelled examples per class NB's error is above "
+    "LR's on the pretrained Fashion-MNIST backbone and on every ablation backbone - the same network randomly "
+    "initialised, the former digits MLP, and ImageNet-pretrained EfficientNet-Lite0 - so the regime where NB's "
+    "faster convergence wins at few shots is not reached by any of these feature spaces; the probe curves over m "
+    "(the probe_err_* metrics) show LR ahead at every m measured, not only at 5 shots.",
     ablations={
         "random_init": {"backbone": "random_init"},
         "digits_mlp": {"dataset": "digits", "backbone": "mlp"},
