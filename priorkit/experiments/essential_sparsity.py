@@ -204,5 +204,12 @@ EXPERIMENT = Experiment(
     seeds=5,
     quick_seeds=1,
     plot=plot,
+    diagnosis="Two of the three parts hold: OMP keeps its cosine to the dense model far longer than random "
+    "pruning, the cosine curve falls faster past its knee, and in pre-train/prune/fine-tune OMP tolerates more "
+    "sparsity than random pruning. The knee on MiniLM (s_star_cos) sits below the paper's 30%: the embedding "
+    "cosine at tolerance 0.05 is a stricter measure than the paper's downstream fine-tuned accuracy, and the "
+    "downstream probe measured here cannot locate a knee at all - s_star_lr is at the end of the grid for OMP and "
+    "random pruning alike (the 2-topic task is solved by any pruned model). The MiniLM part is deterministic "
+    "(the same pretrained weights every seed), so its interval has zero width.",
     notes="IMP/LTH mask comparison, ERK random masks and pre-training-checkpoint tracking are not run.",
 )

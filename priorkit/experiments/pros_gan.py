@@ -231,6 +231,12 @@ EXPERIMENT = Experiment(
     former_note="The former rule compared ProS-GAN at alpha_rec = 10 (no L-inf bound) with PGD at eps = 0.2, settings "
     "rescaled after the card's failed, where ProS-GAN perturbed more than the PGD it beat; the rule now compares "
     "them at the card's alpha_rec = 50 and eps = 0.1, ProS-GAN projected onto PGD's L-inf ball.",
+    diagnosis="At the card's settings and PGD's L-inf budget, ProS-GAN's targeted mAP barely moves from no attack "
+    "(t_map_gain), while PGD's does: the card's reconstruction weight keeps the generator's perturbation small (rmse "
+    "below PGD's) and the unprojected output (t_map_unprojected, linf_unprojected) is no stronger, so the L-inf "
+    "projection is not what removes the effect. The former rescaled run (the @rescaled metrics, kept as former "
+    "rules) reaches and passes PGD's t-MAP only with a perturbation several times PGD's L-inf budget. The speed "
+    "claim holds (one generator pass vs iterative PGD).",
     run=run,
     quick=QUICK,
     full=FULL,
