@@ -235,8 +235,8 @@ EXPERIMENT = Experiment(
     "(t_map_gain), while PGD's does: the card's reconstruction weight keeps the generator's perturbation small (rmse "
     "below PGD's) and the unprojected output (t_map_unprojected, linf_unprojected) is no stronger, so the L-inf "
     "projection is not what removes the effect. The former rescaled run (the @rescaled metrics, kept as former "
-    "rules) reaches and passes PGD's t-MAP only with more than twice the L-inf of the PGD it is compared with. The speed "
-    "claim holds (one generator pass vs iterative PGD).",
+    "rules) reaches and passes PGD's t-MAP only with more than twice the L-inf of the PGD it is compared with. "
+    "The speed claim holds (one generator pass vs iterative PGD).",
     run=run,
     quick=QUICK,
     full=FULL,
