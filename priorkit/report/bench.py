@@ -144,12 +144,19 @@ def run_bench(
             if ablations_only:
                 r = _add_ablations(exp, out, quick)
             else:
-                r = run_experiment(exp, quick=quick, seeds=seeds, figdir=out / "figures")
+                r = run_experiment(exp, quick=quick, seeds=seeds, figdir=out / "figures", ablations=False)
         except Exception as err:  # one failing experiment must not hide the others' numbers
             r = _error_record(exp, quick, err)
-        results.append(r)
-        if writer:
+        if writer:  # the main result is written before its ablations run: it is the evidence, they explain it
             write_record(r, record_path(out, exp.id), base=out)
+        if not (ablations_only or quick or r.get("error")) and exp.ablations:
+            try:
+                r = {**r, "ablations": run_ablations(exp)}
+            except Exception as err:  # a failing ablation keeps the main result
+                r = {**r, "ablation_error": f"{type(err).__name__}: {err}"}
+            if writer:
+                write_record(r, record_path(out, exp.id), base=out)
+        results.append(r)
     rows = None
     if overhead:
         from priorkit.report.overhead import engine_overhead
