@@ -24,6 +24,8 @@ def full_verdict(method_id: str, results: Path = Path("results")) -> str:
     if r.get("quick"):
         return "no result (quick only)"
     verdict = "error" if r.get("error") else "reproduced" if r.get("reproduced") else "not reproduced"
+    if not r.get("error") and not r.get("reproduced"):
+        verdict += f" ({sum(c['passed'] for c in r['checks'])}/{len(r['checks'])} rules)"
     return f"[{verdict}](results/report.md#{method_id})"
 
 
