@@ -58,8 +58,7 @@ from priorkit.core.seeding import seed_everything
 from priorkit.data.datasets import IndexedTensorDataset
 from priorkit.data.gcd import GCDSplits, gcd_split
 from priorkit.data.ood import shift_noise_views
-from priorkit.experiments.base import Check, Experiment, SeedResult
-from priorkit.experiments.palm import (
+from priorkit.experiments._fmnist import (
     RANDOM_INIT,
     ZOO_BACKBONE,
     clean,
@@ -70,6 +69,7 @@ from priorkit.experiments.palm import (
     unseen_fmnist,
     view_bank,
 )
+from priorkit.experiments.base import Check, Experiment, SeedResult
 from priorkit.metrics.clustering import split_cluster_acc
 from priorkit.models import MLP
 from priorkit.prototypes.protogcd import ProtoGCD, ProtoGCDRecipe

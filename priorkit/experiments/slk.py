@@ -40,6 +40,7 @@ from priorkit.baselines.fewshot import simpleshot
 from priorkit.core.errors import check_choice
 from priorkit.core.seeding import seed_everything
 from priorkit.data.episodes import EpisodeSampler, load_fewshot
+from priorkit.experiments._fmnist import RANDOM_INIT, frozen_features
 from priorkit.experiments.base import Check, Experiment, SeedResult
 from priorkit.metrics.fewshot import mean_ci95
 from priorkit.models import MLP
@@ -48,7 +49,6 @@ from priorkit.train import TrainConfig, Trainer
 
 #: the zoo backbone of each dataset (pretrained on its classes 0-4); "random_init" is its architecture untrained
 ZOO = {"fashion_mnist": "fmnist_conv_base5"}
-RANDOM_INIT = "random_init"
 BACKBONES = {"fashion_mnist": (ZOO["fashion_mnist"], RANDOM_INIT), "digits": ("mlp",)}
 
 
@@ -102,12 +102,8 @@ def train_backbone(seed: int, c: Config = FULL) -> tuple[MLP, object]:
     return model.eval(), fs
 
 
-def frozen_features(backbone: str, zoo_name: str, x: torch.Tensor) -> torch.Tensor:
-    """Features of ``x`` through zoo backbone ``zoo_name``, pretrained or, for ``backbone="random_init"``, the same
-    architecture randomly initialised (both cached on disk by the zoo)."""
-    from priorkit.zoo import extract_features
-
-    return extract_features(zoo_name, x, pretrained=backbone != RANDOM_INIT)
+def _features(backbone: str, zoo_name: str, x: torch.Tensor) -> torch.Tensor:
+    return frozen_features(backbone, x, zoo_name=zoo_name, batch_size=256)
 
 
 @functools.lru_cache(maxsize=2)
@@ -149,12 +145,12 @@ def features(seed: int, c: Config) -> tuple[torch.Tensor, ...]:
     zoo_name = ZOO[c.dataset]
     check_disjoint(zoo_name, range(c.base_classes, 10), dataset=c.dataset)
     x_base, x_val, y_val, x_novel, y_novel = _fmnist_images(zoo_name, c.base_classes, c.base_per_class)
-    base_mean = frozen_features(c.backbone, zoo_name, x_base).mean(0)
+    base_mean = _features(c.backbone, zoo_name, x_base).mean(0)
     return (
         base_mean,
-        frozen_features(c.backbone, zoo_name, x_val),
+        _features(c.backbone, zoo_name, x_val),
         y_val,
-        frozen_features(c.backbone, zoo_name, x_novel),
+        _features(c.backbone, zoo_name, x_novel),
         y_novel,
     )
 

@@ -45,6 +45,7 @@ from priorkit.core.errors import check_choice
 from priorkit.core.seeding import seed_everything
 from priorkit.data.datasets import IndexedTensorDataset
 from priorkit.data.incremental import FSCILData, load_incremental, make_incremental
+from priorkit.experiments._fmnist import RANDOM_INIT, frozen_features
 from priorkit.experiments.base import Check, Experiment, SeedResult
 from priorkit.metrics.incremental import average_accuracy, performance_drop, session_metrics
 from priorkit.models import MLP
@@ -54,7 +55,6 @@ from priorkit.train import TrainConfig, fit
 _P = SPEC.presets["small"]
 #: the zoo backbone of each dataset (pretrained on its classes 0-4); "random_init" is its architecture untrained
 ZOO = {"fashion_mnist": "fmnist_conv_base5"}
-RANDOM_INIT = "random_init"
 BACKBONES = {"fashion_mnist": (ZOO["fashion_mnist"], RANDOM_INIT), "digits": ("mlp",)}
 
 
@@ -100,12 +100,8 @@ class _BaseNet(nn.Module):
         return cosine_logits(self.backbone.features(x), self.weight, self.temperature)
 
 
-def frozen_features(backbone: str, zoo_name: str, x: torch.Tensor) -> torch.Tensor:
-    """Features of ``x`` through zoo backbone ``zoo_name``, pretrained or, for ``backbone="random_init"``, the same
-    architecture randomly initialised (both cached on disk by the zoo)."""
-    from priorkit.zoo import extract_features
-
-    return extract_features(zoo_name, x, pretrained=backbone != RANDOM_INIT)
+def _features(backbone: str, zoo_name: str, x: torch.Tensor) -> torch.Tensor:
+    return frozen_features(backbone, x, zoo_name=zoo_name, batch_size=256)
 
 
 @functools.lru_cache(maxsize=2)
@@ -166,7 +162,7 @@ def session_data(seed: int, c: Config) -> FSCILData:
     zoo_name = ZOO[c.dataset]
     check_disjoint(zoo_name, range(c.base_classes, 10), what="new", dataset=c.dataset)
     x_tr, y_tr, x_te, y_te = _fmnist_images(zoo_name, c.base_classes, c.base_per_class, c.pool_per_class)
-    f_tr, f_te = frozen_features(c.backbone, zoo_name, x_tr), frozen_features(c.backbone, zoo_name, x_te)
+    f_tr, f_te = _features(c.backbone, zoo_name, x_tr), _features(c.backbone, zoo_name, x_te)
     return make_incremental(f_tr, y_tr, f_te, y_te, base_classes=c.base_classes, way=c.way, shot=c.shot, seed=seed)
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import pytest
 import torch
 
+import priorkit.experiments._fmnist as F
 import priorkit.experiments.palm as P
 import priorkit.experiments.protogcd as G
 
@@ -19,17 +20,16 @@ def _fake_fmnist():
     return x_tr, y_tr, x_te, y_te
 
 
-def _fake_features(backbone, x):  # a fixed non-negative projection, standing in for the frozen conv net
+def _fake_features(backbone, x, **_):  # a fixed non-negative projection, standing in for the frozen conv net
     w = torch.rand(784, 16, generator=torch.Generator().manual_seed(1 if backbone == P.RANDOM_INIT else 0))
     return x.flatten(1) @ w
 
 
 @pytest.fixture
 def fake_zoo(monkeypatch):
-    for mod in (P, G):
+    for mod in (F, P, G):  # the shared module's view bank calls its own frozen_features
         monkeypatch.setattr(mod, "unseen_fmnist", _fake_fmnist)
         monkeypatch.setattr(mod, "frozen_features", _fake_features)
-    monkeypatch.setattr(P, "frozen_features", _fake_features)
     P._pools.cache_clear()
     G._pools.cache_clear()
     yield
