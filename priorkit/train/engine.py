@@ -194,8 +194,12 @@ class Trainer:
             opt = None if optimizer is None else (lambda m: optimizer([p for p in m.parameters() if p.requires_grad]))
             recipe = Recipe([Phase("fit", epochs=config.epochs, optimizer=opt)], loss_fn=loss_fn)
         self.recipe = recipe
-        if train_data is None and any(p.data is None and p.epochs > 0 for p in recipe.phases):
-            raise PriorkitError("train_data is None but a phase with epochs > 0 has no data of its own")
+        no_data = [p.name for p in recipe.phases if p.data is None and p.epochs > 0 and p.make_batch is None]
+        if train_data is None and no_data:
+            raise PriorkitError(
+                f"train_data is None but phase(s) {no_data} have epochs > 0 and neither data nor a make_batch "
+                "of their own"
+            )
         self.hooks = list(hooks)
         self._check_hooks()
         self.train_data = train_data
