@@ -31,7 +31,21 @@ HOOKS = {
         ELR(len(DATA.train), 3),
     ],
     "pdp": lambda m: [PDP(m, 0.7, warmup_epochs=1, eps=0.4, tau=0.05, tau_mode="relative")],
+    # three methods of three families in one run: PS-KD's targets, ELR's term on top, GMP's masks on the weights
+    "elr+pskd+gmp": lambda m: [
+        PSKD(len(DATA.train), 3),
+        ELR(len(DATA.train), 3),
+        GMP(m, 0.5, start_epoch=1, end_epoch=4),
+    ],
 }
+
+
+def test_three_methods_compose_in_one_run(tmp_path):
+    model, trainer = _run(tmp_path, HOOKS["elr+pskd+gmp"])
+    assert all({"ce", "elr"} <= set(h) for h in trainer.history)  # each method's term logged on its own
+    weights = [mod.weight for mod in model.modules() if isinstance(mod, torch.nn.Linear)]
+    zero = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert zero >= 0.49  # GMP reached its target while PS-KD and ELR trained the same weights
 
 
 @pytest.mark.parametrize("name", list(HOOKS))
