@@ -14,28 +14,26 @@ the target domain's test set. Builders, all deterministic from ``seed`` and offl
 - :func:`noise_domains` -- additive Gaussian noise of growing strength (a covariate shift of one parameter).
 
 Training draws one minibatch from *every* source domain per step (DomainBed's ``update(minibatches)``). In the
-engine that is :func:`domain_phase_parts`: a ``batches`` plan and a ``make_batch`` for a :class:`~priorkit.train.Phase`
-whose batches concatenate the domains' minibatches, with ``batch.extras["domain"]`` giving each row's domain, laid
-out so that under DDP every rank receives an equal share of every domain. :func:`split_by_domain` undoes the
-concatenation inside a loss.
+engine that is :func:`priorkit.train.domain_phase_parts`: a ``batches`` plan and a ``make_batch`` for a
+:class:`~priorkit.train.Phase` whose batches concatenate the domains' minibatches, with ``batch.extras["domain"]``
+giving each row's domain, laid out so that under DDP every rank receives an equal share of every domain.
+:func:`split_by_domain` undoes the concatenation inside a loss.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
-from priorkit.core.errors import PriorkitError, check_positive_int, check_range
+from priorkit.core.errors import PriorkitError, check_range
 from priorkit.data.datasets import IndexedTensorDataset, load_digits, split_arrays
 
 __all__ = [
     "DomainData",
     "colored_digits",
-    "domain_phase_parts",
     "noise_domains",
     "rotated_domains",
     "split_by_domain",
@@ -182,50 +180,6 @@ def noise_domains(
     parts = _partition(len(x), len(sigmas), seed)
     domains = [(f"noise{s:g}", x[i] + s * torch.randn(x[i].shape, generator=g), y[i]) for s, i in zip(sigmas, parts)]
     return _assemble(domains, target, val, seed, int(y.max()) + 1)
-
-
-def domain_phase_parts(
-    data: DomainData, per_domain: int, steps: int
-) -> tuple[Callable[[Any], list[list[int]]], Callable[[Any, torch.Tensor], Any]]:
-    """``(batches, make_batch)`` for a :class:`priorkit.train.Phase` of ``steps`` steps per epoch, each drawing
-    ``per_domain`` examples from every source domain (with replacement across steps, as DomainBed's infinite
-    loaders; without replacement within a step), seeded by the run's seed and epoch.
-
-    A global index encodes ``(domain, row)`` as ``domain * stride + row``. The global batch is laid out rank by
-    rank (each rank's contiguous slice holds ``per_domain / world`` rows of every domain, in domain order), so
-    ``per_domain`` must be divisible by the world size. The batch has ``extras["domain"]`` (long, one per row).
-    """
-    check_positive_int("per_domain", per_domain)
-    check_positive_int("steps", steps)
-    sizes = [len(d) for d in data.train]
-    if min(sizes) < per_domain:
-        raise PriorkitError(f"per_domain ({per_domain}) exceeds the smallest source domain ({min(sizes)} examples)")
-    stride = max(sizes)
-
-    def batches(state: Any) -> list[list[int]]:
-        world = state.world_size
-        if per_domain % world:
-            raise PriorkitError(f"per_domain ({per_domain}) must be divisible by the world size ({world})")
-        g = torch.Generator().manual_seed(state.config.seed * 100003 + state.epoch)
-        out = []
-        for _ in range(steps):
-            picks = [torch.randperm(n, generator=g)[:per_domain] + k * stride for k, n in enumerate(sizes)]
-            share = per_domain // world
-            out.append([int(i) for r in range(world) for p in picks for i in p[r * share : (r + 1) * share]])
-        return out
-
-    def make_batch(state: Any, idx: torch.Tensor) -> Any:
-        from priorkit.train.hooks import Batch
-
-        dom, row = idx // stride, idx % stride
-        order = torch.argsort(dom, stable=True)
-        dom, row = dom[order], row[order]
-        xs = torch.cat([data.train[k].x[row[dom == k]] for k in range(len(sizes))])
-        ys = torch.cat([data.train[k].y[row[dom == k]] for k in range(len(sizes))])
-        dev = state.device
-        return Batch(x=xs.to(dev), y=ys.to(dev), index=idx[order], extras={"domain": dom.to(dev)})
-
-    return batches, make_batch
 
 
 def split_by_domain(values: torch.Tensor, domain: torch.Tensor, num_domains: int) -> list[torch.Tensor]:

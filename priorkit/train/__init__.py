@@ -2,6 +2,7 @@
 
 from priorkit.train.checkpoint import load_checkpoint, save_checkpoint
 from priorkit.train.config import TrainConfig, launch_options, make_optimizer, soft_cross_entropy
+from priorkit.train.domains import domain_phase_parts
 from priorkit.train.engine import RunState, Trainer, fit, predict, rank_slice, shuffled_batches
 from priorkit.train.hooks import Augment, Batch, Hook
 from priorkit.train.recipe import Phase, Recipe, freeze_except
@@ -15,6 +16,7 @@ __all__ = [
     "RunState",
     "TrainConfig",
     "Trainer",
+    "domain_phase_parts",
     "fit",
     "freeze_except",
     "launch_options",

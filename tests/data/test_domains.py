@@ -2,8 +2,8 @@
 
 import torch
 
-from priorkit.data.domains import colored_digits, domain_phase_parts, noise_domains, rotated_domains, split_by_domain
-from priorkit.train import Phase, Recipe, TrainConfig, Trainer
+from priorkit.data.domains import colored_digits, noise_domains, rotated_domains, split_by_domain
+from priorkit.train import Phase, Recipe, TrainConfig, Trainer, domain_phase_parts
 
 
 def test_rotated_domains_hold_out_the_target_and_split_images_disjointly():
