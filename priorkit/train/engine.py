@@ -207,6 +207,8 @@ class Trainer:
         seed_everything(config.seed)
         self.fabric = make_fabric(config)
         self.model = model.to(self.fabric.device)
+        # what the user froze before the run (a PEFT model's base weights): no phase unfreezes it
+        self._frozen = {id(p) for p in self.model.parameters() if not p.requires_grad}
         # One process in full precision: Fabric's module/optimizer wrappers would only add Python calls per step
         # (they exist for DDP/FSDP gradient sync and precision plugins), so the raw ones are used.
         self._wrap = self.fabric.world_size > 1 or config.precision != "32-true" or config.strategy != "auto"
@@ -256,7 +258,7 @@ class Trainer:
         s = self.state
         s.phase_index, s.phase = index, self.recipe.phases[index]
         ph = s.phase
-        freeze_except(self.model, ph.trainable)
+        freeze_except(self.model, ph.trainable, keep_frozen=self._frozen)
         s.net = self.fabric.setup_module(self.model) if ph.epochs > 0 and self._wrap else self.model
         if ph.epochs > 0 and ph.key not in s.optimizers:
             if ph.optimizer is not None:

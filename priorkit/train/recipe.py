@@ -45,7 +45,8 @@ class Phase:
 
     - ``epochs``: passes over the data (0 for an action-only phase such as ProtoPNet's push).
     - ``trainable``: names of ``model.parameter_groups()`` (or parameter-name prefixes) that train in this
-      phase; the rest are frozen. ``None`` trains every parameter.
+      phase; the rest are frozen. ``None`` trains every parameter except those already frozen when the
+      :class:`~priorkit.train.Trainer` was built (a PEFT model's base weights stay frozen).
     - ``optimizer``: ``factory(model) -> Optimizer`` over the trainable parameters (default: the run
       config's optimizer). Phases with the same ``optimizer_key`` share one optimizer and scheduler, with
       their state, as ProtoPNet keeps one Adam per stage across pushes.
@@ -123,15 +124,18 @@ class Recipe:
         return sum(p.epochs for p in self.phases)
 
 
-def freeze_except(model: nn.Module, trainable: Sequence[str] | None) -> None:
-    """Set ``requires_grad`` so that only ``trainable`` groups train (all when ``None``).
+def freeze_except(model: nn.Module, trainable: Sequence[str] | None, *, keep_frozen: Iterable[int] = ()) -> None:
+    """Set ``requires_grad`` so that only ``trainable`` groups train (all when ``None``, except the parameters
+    whose ``id`` is in ``keep_frozen``: the engine passes those the user froze before the run, such as a PEFT
+    model's base weights, so that a phase never unfreezes them).
 
     Names are keys of ``model.parameter_groups()`` when the model has that method, else parameter-name
     prefixes (``"head"`` matches ``head.weight``). An unknown name is refused with the known ones.
     """
     if trainable is None:
+        frozen = set(keep_frozen)
         for p in model.parameters():
-            p.requires_grad_(True)
+            p.requires_grad_(id(p) not in frozen)
         return
     if hasattr(model, "parameter_groups"):
         groups = {k: list(v) for k, v in dict(model.parameter_groups()).items()}

@@ -148,3 +148,20 @@ def test_recipe_two_process_equals_one_process(tmp_path):
 def test_recipe_with_trainer_loss_fn_is_refused():
     with pytest.raises(PriorkitError, match="give loss_fn to Recipe"):
         Trainer(TwoPart(), DATA.train, recipe=Recipe([Phase()]), loss_fn=None)
+
+
+def test_a_phase_without_trainable_keeps_what_the_user_froze():
+    """A PEFT model arrives with its base frozen: the default phase trains only what was trainable."""
+    import torch
+
+    from priorkit.data import gaussian_mixture
+    from priorkit.models import MLP
+    from priorkit.train import TrainConfig, fit
+
+    data = gaussian_mixture(64, num_classes=3, dim=6, seed=0)
+    model = MLP(6, (8,), 3)
+    model.body.requires_grad_(False)
+    before = [p.detach().clone() for p in model.body.parameters()]
+    fit(model, data.train, config=TrainConfig(epochs=1, lr=0.1, progress=False))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.body.parameters()))
+    assert not any(p.requires_grad for p in model.body.parameters()) and model.head.weight.requires_grad
