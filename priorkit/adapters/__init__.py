@@ -18,6 +18,7 @@ import importlib
 from typing import Any
 
 from priorkit.adapters._peft import register_tuner
+from priorkit.adapters.sora import SoraConfig, SoraHook, SoraModel, sora_recipe, sora_to_lora
 from priorkit.adapters.sorsa import SorsaConfig, SorsaHook, SorsaLinear, SorsaModel
 
 _LAZY = {
@@ -28,6 +29,7 @@ _LAZY = {
     "pela_decompress": "pela",
     "SaRA": "sara",
     "magnitude_ablation": "sara",
+    "My3DGen": "my3dgen",
 }
 
 
@@ -37,4 +39,16 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'priorkit.adapters' has no attribute {name!r}")
 
 
-__all__ = ["SorsaConfig", "SorsaHook", "SorsaLinear", "SorsaModel", "register_tuner", *_LAZY]
+__all__ = [
+    "SoraConfig",
+    "SoraHook",
+    "SoraModel",
+    "SorsaConfig",
+    "SorsaHook",
+    "SorsaLinear",
+    "SorsaModel",
+    "register_tuner",
+    "sora_recipe",
+    "sora_to_lora",
+    *_LAZY,
+]
