@@ -336,4 +336,11 @@ EXPERIMENT = Experiment(
     plot=plot,
     # the KL weight sets how far the prototype distributions spread (the source of MI); a longer run as the budget
     ablations={"beta=1 (plain ELBO)": {"beta": 1.0}, "epochs=200": {"epochs": 200}},
+    diagnosis="Four of the five rules pass: accuracy is kept, the prototype MI separates both OOD sets well above "
+    "0.7 AUROC, and explanations of ambiguous inputs are more uncertain. The one that fails asks MI to beat the "
+    "deterministic model's max-softmax on the better OOD set: it does on average, but by less than the spread "
+    "between seeds, so the paired interval touches zero. Neither the plain-ELBO KL weight (wider prototype "
+    "distributions) nor twice the epochs makes the advantage clear of the noise (ablation table): on 64-d digits "
+    "the max-softmax of a well-trained deterministic prototype model is already a strong OOD score, which leaves "
+    "little for the epistemic term to add.",
 )
