@@ -9,7 +9,6 @@ from torch import nn
 
 from priorkit.core.errors import unknown_name
 from priorkit.models.small import CNN1D, MLP, Conv4, SmallResNet
-from priorkit.models.vit import ViT as ViT
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
