@@ -2,9 +2,13 @@
 
 from priorkit.regularizers.drm import DRM, drm_loss, entropy_select, steer_step
 from priorkit.regularizers.elr import ELR, clamped_softmax, elr_regularizer, elr_update
+from priorkit.regularizers.msbreg import MSBReg, MSBRegNet, dispersion_terms
 from priorkit.regularizers.pskd import PSKD, alpha_at, pskd_loss, pskd_targets
 
 __all__ = [
+    "MSBReg",
+    "MSBRegNet",
+    "dispersion_terms",
     "DRM",
     "drm_loss",
     "entropy_select",
