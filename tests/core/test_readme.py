@@ -22,11 +22,17 @@ def test_readme_code_blocks_run(tmp_path):
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
-    env = {"my_features": (x[:400] / 16).astype(np.float32), "my_labels": y[:400]}
+    env = {"my_features": (x[:400] / 16).astype(np.float32), "my_labels": y[:400], "my_run_dir": tmp_path}
     own = _block("### Your own data, one method per family")
-    for n in ("50", "60", "150"):
+    for n in ("50", "60", "150", "20"):
         own = own.replace(f"epochs={n}", "epochs=2")
     exec(own, env)
+    from peft import PeftModel
+
+    from priorkit.models import MLP
+
+    lora = PeftModel.from_pretrained(MLP(64, (256,), 10), tmp_path / "lora")  # a stock LoRA adapter
+    assert type(lora.peft_config["default"]).__name__ == "LoraConfig"
     engine = _block("Methods combine in one run; each named loss term is logged on its own:")
     engine = engine.replace("epochs=60", "epochs=2").replace('"runs/demo"', repr(str(tmp_path)))
     exec(engine, env)
