@@ -42,9 +42,9 @@ def domain_phase_parts(data: DomainData, per_domain: int, steps: int) -> tuple[B
         g = torch.Generator().manual_seed(state.config.seed * 100003 + state.epoch)
         out = []
         for _ in range(steps):
-            picks = [torch.randperm(n, generator=g)[:per_domain] + k * stride for k, n in enumerate(sizes)]
-            share = per_domain // world
-            out.append([int(i) for r in range(world) for p in picks for i in p[r * share : (r + 1) * share]])
+            picks = torch.stack([torch.randperm(n, generator=g)[:per_domain] + k * stride for k, n in enumerate(sizes)])
+            # rank-major layout: rank r's contiguous slice holds its share of every domain, in domain order
+            out.append(picks.view(len(sizes), world, per_domain // world).transpose(0, 1).reshape(-1).tolist())
         return out
 
     def make_batch(state: RunState, idx: torch.Tensor) -> Batch:
