@@ -9,6 +9,7 @@ from torch import nn
 
 from priorkit.core.errors import unknown_name
 from priorkit.models.small import CNN1D, MLP, Conv4, SmallResNet
+from priorkit.models.vit import ViT as ViT
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
