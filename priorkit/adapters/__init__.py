@@ -30,6 +30,8 @@ _LAZY = {
     "SaRA": "sara",
     "magnitude_ablation": "sara",
     "My3DGen": "my3dgen",
+    "GSLoRA": "gs_lora",
+    "GSLoRALoss": "gs_lora",
 }
 
 

@@ -2,10 +2,19 @@
 
 from priorkit.regularizers.drm import DRM, drm_loss, entropy_select, steer_step
 from priorkit.regularizers.elr import ELR, clamped_softmax, elr_regularizer, elr_update
+from priorkit.regularizers.hessian_alignment import HessianAlignmentRecipe, hgp_penalty, hutchinson_penalty
 from priorkit.regularizers.msbreg import MSBReg, MSBRegNet, dispersion_terms
+from priorkit.regularizers.ovor import OVOR, VirtualOutliers, synthesize_outliers, vor_loss
 from priorkit.regularizers.pskd import PSKD, alpha_at, pskd_loss, pskd_targets
 
 __all__ = [
+    "HessianAlignmentRecipe",
+    "hgp_penalty",
+    "hutchinson_penalty",
+    "OVOR",
+    "VirtualOutliers",
+    "synthesize_outliers",
+    "vor_loss",
     "MSBReg",
     "MSBRegNet",
     "dispersion_terms",
