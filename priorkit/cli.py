@@ -1,4 +1,4 @@
-"""Command line: ``priorkit list | show | run | bench | report | zoo | data``."""
+"""Command line: ``priorkit list | show | run | bench | report | costs | zoo | data``."""
 
 from __future__ import annotations
 
@@ -263,6 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="re-render report.md/html from DIR/results.json")
     rp.add_argument("dir")
     rp.set_defaults(fn=_cmd_report)
+    co = sub.add_parser("costs", help="parameters, file size, step time and peak memory of every adapter vs LoRA")
+    from priorkit.report.adapter_costs import build_costs_parser, run_costs
+
+    build_costs_parser(co)
+    co.set_defaults(fn=run_costs)
     zo = sub.add_parser("zoo", help="pretrained backbones: list, build (pretrain and cache), path")
     zsub = zo.add_subparsers(dest="zoo_command", required=True)
     zl = zsub.add_parser("list", help="every zoo backbone, its feature dim, input and what it was pretrained on")

@@ -301,6 +301,13 @@ def write_report(
     if overhead:
         md += "\n" + overhead_markdown(overhead)
         page = page.replace("</body></html>", overhead_html(overhead) + "</body></html>")
+    costs = out / "adapter_costs.json"
+    if costs.is_file():  # `priorkit costs` wrote the adapters' side-by-side cost table into this folder
+        from priorkit.report.adapter_costs import adapter_costs_html, adapter_costs_markdown, load_adapter_costs
+
+        rec = load_adapter_costs(costs)
+        md += "\n" + adapter_costs_markdown(rec)
+        page = page.replace("</body></html>", adapter_costs_html(rec) + "</body></html>")
     paths["md"].write_text(md)
     paths["html"].write_text(page)
     return paths
