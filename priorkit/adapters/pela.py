@@ -568,4 +568,5 @@ def pela_finetune(
         torch.manual_seed(config.seed)
         parent, child = _parent(student, head)
         setattr(parent, child, nn.Linear(old.in_features, num_classes, device=w.device, dtype=w.dtype))
+    student.requires_grad_(True)  # all parameters train (a PELA stage may have left the model frozen)
     return fit(student, train, recipe, hooks=hooks, config=config)

@@ -115,7 +115,7 @@ def _metrics(model: nn.Module, test: IndexedTensorDataset) -> dict[str, float]:
 def _finetune(model: nn.Module, c: Config, seed: int) -> float:
     """Downstream accuracy after fine-tuning a copy of ``model`` on mnist1d_source (all parameters train)."""
     src = mnist1d_source()
-    model = copy.deepcopy(model)
+    model = copy.deepcopy(model).requires_grad_(True)  # the PELA stage froze the teacher
     cfg = _sgd(c, c.ft_lr, c.ft_epochs, seed)
     seed_everything(seed)
     if pela_parameters(model)["layers"]:
