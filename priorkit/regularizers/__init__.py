@@ -6,8 +6,12 @@ from priorkit.regularizers.hessian_alignment import HessianAlignmentRecipe, hgp_
 from priorkit.regularizers.msbreg import MSBReg, MSBRegNet, dispersion_terms
 from priorkit.regularizers.ovor import OVOR, VirtualOutliers, synthesize_outliers, vor_loss
 from priorkit.regularizers.pskd import PSKD, alpha_at, pskd_loss, pskd_targets
+from priorkit.regularizers.tjepa import TJEPA, TJEPAHook, jepa_loss
 
 __all__ = [
+    "TJEPA",
+    "TJEPAHook",
+    "jepa_loss",
     "HessianAlignmentRecipe",
     "hgp_penalty",
     "hutchinson_penalty",
