@@ -362,6 +362,14 @@ EXPERIMENT = Experiment(
     method_name="ProtoPNet",
     baseline_name="Conv4 + linear head",
     checks=[Check("acc", "higher", -0.02)],
+    diagnosis="The baseline (the same Conv4 without prototypes) classifies the parts test set perfectly on every "
+    "seed, so the rule compares ProtoPNet with a ceiling. ProtoPNet is within the 2-point margin on "
+    "average and on most seeds; the interval's low end passes the margin because one seed lands a few "
+    "points lower. Measured in the same runs: the accuracy before the last push is about the same as "
+    "after it (acc_before_last_push), so the push does not cost the accuracy; the gap is the prototype "
+    "layer's, and the card's digits check (digits_acc) shows the same small cost on another dataset. The "
+    "paper's within-1-point result is on CUB with an ImageNet-pretrained backbone; a from-scratch Conv4 "
+    "at 21 epochs is the CPU stand-in.",
     run=run,
     quick=QUICK,
     full=FULL,
