@@ -30,6 +30,9 @@ _LAZY = {
     "SaRA": "sara",
     "magnitude_ablation": "sara",
     "My3DGen": "my3dgen",
+    "SubspaceModel": "said",
+    "fit_subspace": "said",
+    "search_d90": "said",
     "GSLoRA": "gs_lora",
     "GSLoRALoss": "gs_lora",
 }
