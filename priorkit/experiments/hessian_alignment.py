@@ -171,6 +171,15 @@ EXPERIMENT = Experiment(
         Check("hutchinson_gain", "higher", 0.10, against="value"),
         Check("erm_test_acc", "lower", 0.40, against="value"),
     ],
+    diagnosis="HGP beats ERM on the colour-flipped target on average, but neither penalty reaches the card's 0.55 "
+    "and the 10-point gain over ERM is not clear of its interval. In-run metrics: the shape-only ceiling "
+    "on this data (ERM on colour-blind inputs, the oracle metric) is itself far under the card's 75%, "
+    "because 958 noisy-label digit images let the 2x128 MLP memorise; after the penalty weight jumps the "
+    "penalty falls to about zero while the cross-entropy stays high, so the network matches the domains' "
+    "head gradients and Hessians without giving up colour. Hutchinson with the official independent "
+    "probes drifts toward a constant predictor (its penalty's expectation carries the probes' variance); "
+    "the shared_probes ablation removes that drift, and its Hutchinson-over-ERM gain clears the rule, "
+    "while the absolute 0.55 is still out of reach.",
     run=run,
     quick=QUICK,
     full=FULL,

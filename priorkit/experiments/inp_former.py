@@ -191,6 +191,13 @@ EXPERIMENT = Experiment(
     method_name="INP-Former (M INPs)",
     baseline_name="same head, self-attention decoder with residual (no INPs)",
     checks=[Check("pixel_auroc", "higher", 0.0)],
+    diagnosis="The card's claim is 'at least as well', and that is what the full runs measure: the INP-guided "
+    "decoder and the residual self-attention decoder reach the same pixel AUROC, with a seed-paired "
+    "difference centred on zero and an interval on both sides of it, so a rule that asks the interval to "
+    "clear zero cannot pass on a tie. The quick tier's early lead of the residual decoder (it starts near "
+    "an identity path) is gone at the full budget. The paper's margin comes from DINOv2-reg features of "
+    "real MVTec/VisA images; the conv auto-encoder stand-in on generated textures gives both decoders the "
+    "same easy reconstruction problem.",
     run=run,
     quick=QUICK,
     full=FULL,
