@@ -231,6 +231,14 @@ EXPERIMENT = Experiment(
         Check("bc_acc", "higher", -0.01),
         Check("emb_std_gain", "higher", 0.0, against="value"),
     ],
+    diagnosis="The embeddings beat raw features on the generated table on every seed, by less than the 2-point "
+    "margin, and breast-cancer accuracy is kept. In-run probes of the encoder before pretraining "
+    "(acc_init) and half-way (acc_half) score about as well as the final one, so the gain comes from the "
+    "tokenised transformer representation, not from the JEPA pretraining, at this budget (6 epochs; the "
+    "card's 100 epochs cost about 5 CPU-minutes per pretraining here, over the experiment's budget). The "
+    "regularization tokens do not raise the embedding spread because without them the encoder does not "
+    "collapse at this scale either (emb_std_gain near zero), so the rule that asks for a gain has nothing "
+    "to measure.",
     run=run,
     quick=QUICK,
     full=FULL,
