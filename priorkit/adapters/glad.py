@@ -354,8 +354,7 @@ def _grads(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 
 def _refuse_loss_hooks(state: RunState) -> None:
     """A manual phase does not run hooks' ``extra_loss``/``on_after_backward``: refuse them, do not drop them."""
-    hooks = getattr(getattr(state, "_trainer", None), "hooks", ())
-    for h in hooks:
+    for h in getattr(state, "hooks", ()):
         for fn in ("extra_loss", "on_after_backward"):
             if getattr(type(h), fn, None) is not getattr(Hook, fn):
                 raise PriorkitError(

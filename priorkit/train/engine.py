@@ -124,6 +124,11 @@ class RunState:
         return self.fabric.device
 
     @property
+    def hooks(self) -> tuple[Hook, ...]:
+        """The run's hooks, in order (read-only: a manual phase uses it to refuse hooks it cannot honour)."""
+        return tuple(self._trainer.hooks)
+
+    @property
     def optimizer(self) -> Any:
         """The current phase's optimizer (``None`` in an action-only phase)."""
         return self.optimizers.get(self.phase.key)
