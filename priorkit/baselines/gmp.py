@@ -6,7 +6,8 @@ compression" (ICLR Workshop 2018): the sparsity ramps up with the cubic schedule
 masked, per layer or by one global ranking. PDP's and GraNet's experiments compare against it. One-shot
 magnitude pruning masks the smallest ``|w|`` once (the fixed mask stays attached for fine-tuning).
 
-Both attach fixed masks with ``torch.nn.utils.parametrize`` (``priorkit.sparsity._common.FixedMask``).
+Both hold their masks in the family's one mechanism, :class:`priorkit.sparsity.masks.MaskSet` (boolean
+``WeightMask`` parametrizations saved in the model's checkpoint, broadcast from rank 0 under DDP).
 ``torch.ao.pruning`` (``WeightNormSparsifier`` + ``CubicSL``) was considered: its sparsifiers only discover
 ``nn.Linear`` and have no exact-count global ranking, so the schedule is driven by the hook below.
 
@@ -23,14 +24,8 @@ import torch
 from torch import nn
 
 from priorkit.core.errors import PriorkitError, check_choice, check_finite, check_positive_int, check_sparsity
-from priorkit.sparsity._common import (
-    apply_masks,
-    cubic_sparsity,
-    global_magnitude_masks,
-    magnitude_keep_mask,
-    prunable_layers,
-    raw_weight,
-)
+from priorkit.sparsity._common import cubic_sparsity
+from priorkit.sparsity.masks import GRANULARITIES, MaskSet
 from priorkit.train.engine import RunState
 from priorkit.train.hooks import Hook
 
@@ -45,20 +40,18 @@ def _check_model(model: Any) -> nn.Module:
     return model
 
 
-def _magnitude_masks(layers: dict[str, nn.Module], sparsity: float, scope: str) -> dict[str, torch.Tensor]:
-    weights = {n: check_finite(f"weight of layer {n!r}", raw_weight(m).detach()) for n, m in layers.items()}
-    if scope == "global":
-        return global_magnitude_masks(weights, sparsity)
-    return {n: magnitude_keep_mask(w, sparsity) for n, w in weights.items()}
+def _magnitude_scores(masks: MaskSet) -> dict[str, torch.Tensor]:
+    return {n: check_finite(f"weight of layer {n!r}", w.detach()).abs() for n, w in masks.weights().items()}
 
 
 class GMP(Hook):
     """Gradual magnitude pruning: at the start of each epoch ``e`` the sparsity is the cubic ramp
     ``cubic(e + 1, start_epoch, end_epoch)`` (reaching ``sparsity`` at ``end_epoch - 1``), and masks are the
-    smallest-magnitude weights per layer (``scope='layer'``) or over all layers (``scope='global'``).
+    smallest-magnitude weights per layer (``scope='layer'``) or over all layers (``scope='global'``); with
+    ``granularity='channel'`` whole output channels are pruned (the structured baseline).
 
-    The masks are buffers of the model (its checkpoint carries them); the hook's own state is the current
-    sparsity. Under DDP every rank computes the same masks from the same (synchronised) weights.
+    The masks are buffers of the model (its checkpoint carries them, :class:`~priorkit.sparsity.masks.MaskSet`);
+    the hook's own state is the current sparsity. Under DDP the masks are broadcast from rank 0.
     """
 
     claims = ("weight_parametrization",)
@@ -71,32 +64,32 @@ class GMP(Hook):
         start_epoch: int,
         end_epoch: int,
         scope: str = "layer",
+        granularity: str = "unstructured",
         include: Callable[[str, nn.Module], bool] | None = None,
     ) -> None:
         _check_model(model)
         check_sparsity("sparsity", sparsity)
         check_choice("scope", scope, SCOPES)
+        check_choice("granularity", granularity, tuple(g for g in GRANULARITIES if g != "nm"))
         check_positive_int("start_epoch", start_epoch, 0)
         check_positive_int("end_epoch", end_epoch, 1)
         if end_epoch <= start_epoch:
             raise PriorkitError(f"end_epoch must be > start_epoch, got {start_epoch=}, {end_epoch=}")
         self.sparsity, self.start, self.end, self.scope = sparsity, start_epoch, end_epoch, scope
-        self.layers = prunable_layers(model, include)
+        self.masks = MaskSet(model, owner="gmp", granularity=granularity, include=include)
+        self.layers = self.masks.layers
         self.current = 0.0
 
     def on_fit_start(self, state: RunState) -> None:
-        apply_masks(
-            self.layers,
-            {n: raw_weight(m).new_ones(raw_weight(m).shape, dtype=torch.bool) for n, m in self.layers.items()},
-        )
+        self.masks.attach()
 
     def on_epoch_start(self, state: RunState) -> None:
         epoch = state.epoch
         if epoch < self.start:
             return
         current = cubic_sparsity(epoch + 1, self.start, self.end, self.sparsity)
-        masks = _magnitude_masks(self.layers, current, self.scope)  # raises on non-finite weights: nothing changed
-        apply_masks(self.layers, masks)
+        # raises on non-finite weights before any mask changes
+        self.masks.update(current, _magnitude_scores(self.masks), scope=self.scope)
         self.current = current
 
     def state_dict(self) -> dict[str, Any]:
@@ -111,12 +104,15 @@ def one_shot_magnitude(
     sparsity: float,
     *,
     scope: str = "layer",
+    granularity: str = "unstructured",
     include: Callable[[str, nn.Module], bool] | None = None,
 ) -> dict[str, nn.Module]:
     """Prune once by magnitude (fixed masks stay attached for fine-tuning); returns the pruned layers."""
     _check_model(model)
     check_sparsity("sparsity", sparsity)
     check_choice("scope", scope, SCOPES)
-    layers = prunable_layers(model, include)
-    apply_masks(layers, _magnitude_masks(layers, sparsity, scope))
-    return layers
+    check_choice("granularity", granularity, tuple(g for g in GRANULARITIES if g != "nm"))
+    masks = MaskSet(model, owner="one_shot_magnitude", granularity=granularity, include=include)
+    scores = _magnitude_scores(masks)  # raises on non-finite weights before anything is attached
+    masks.attach().update(sparsity, scores, scope=scope)
+    return masks.layers

@@ -1,5 +1,8 @@
 """Masks, pruning schedules, sparse training and compression (one module per method id).
 
+Every weight mask of the family is a :class:`MaskSet` (``priorkit.sparsity.masks``): boolean parametrizations at
+unstructured, N:M or channel granularity, saved in checkpoints and broadcast from rank 0 under DDP.
+
 The pruning baselines of other papers (gradual and one-shot magnitude pruning) live in
 ``priorkit.baselines.gmp``.
 """
@@ -13,9 +16,15 @@ from priorkit.sparsity.essential_sparsity import (
     random_masks,
     sparsity_sweep,
 )
+from priorkit.sparsity.masks import Granularity, MaskSet, WeightMask, attach_parametrization, keep_masks
 from priorkit.sparsity.pdp import PDP, PDPMask, pdp_hard_mask, pdp_soft_mask, pdp_threshold
 
 __all__ = [
+    "Granularity",
+    "MaskSet",
+    "WeightMask",
+    "attach_parametrization",
+    "keep_masks",
     "PDP",
     "PDPMask",
     "essential_sparsity",

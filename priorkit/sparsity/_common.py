@@ -1,18 +1,17 @@
-"""Shared sparsity math: exact-count magnitude thresholds, N:M grouping, global budgets, the cubic
-schedule and fixed masks attached with ``torch.nn.utils.parametrize`` (DESIGN principle 4).
+"""Shared sparsity math: exact-count magnitude thresholds, N:M grouping, global budgets and the cubic schedule.
 
-``torch.ao.pruning`` was considered: its ``FakeSparsity`` is the same mechanism, but its sparsifiers only
-discover ``nn.Linear`` and carry no exact-count global threshold, so the small pieces are written here.
+The masks themselves (parametrizations, granularities, DDP sync, checkpoints) are :mod:`priorkit.sparsity.masks`.
+``torch.ao.pruning`` was considered: its sparsifiers only discover ``nn.Linear`` and carry no exact-count global
+threshold, so the small pieces are written here (its cubic schedule is the reference a test compares against).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from priorkit.core.errors import PriorkitError, check_positive_int, check_sparsity
 
@@ -126,49 +125,3 @@ def cubic_sparsity(step: int, start: int, end: int, final: float, initial: float
         raise PriorkitError(f"cubic schedule needs end > start, got start={start}, end={end}")
     frac = min(max((step - start) / (end - start), 0.0), 1.0)
     return final + (initial - final) * (1.0 - frac) ** 3
-
-
-class FixedMask(nn.Module):
-    """A parametrization ``W -> mask * W`` with a stored boolean mask (pruned weights stay exactly zero)."""
-
-    def __init__(self, mask: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("mask", mask.to(torch.bool).clone())
-
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return w * self.mask.to(w.dtype)
-
-
-def apply_masks(layers: dict[str, nn.Module], masks: dict[str, torch.Tensor]) -> None:
-    """Attach (or update) a :class:`FixedMask` on each layer's ``weight``."""
-    for name, mask in masks.items():
-        layer = layers[name]
-        if tuple(mask.shape) != tuple(raw_weight(layer).shape):
-            raise PriorkitError(f"mask for {name} has shape {list(mask.shape)}, weight {list(layer.weight.shape)}")
-        existing = find_parametrization(layer, FixedMask)
-        if existing is not None:
-            existing.mask.copy_(mask)
-        else:
-            parametrize.register_parametrization(layer, "weight", FixedMask(mask))
-
-
-def remove_masks(layers: Iterable[nn.Module]) -> None:
-    """Bake parametrizations into plain weights (``leave_parametrized=True``)."""
-    for layer in layers:
-        if parametrize.is_parametrized(layer, "weight"):
-            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
-
-
-def raw_weight(layer: nn.Module) -> torch.Tensor:
-    if parametrize.is_parametrized(layer, "weight"):
-        return layer.parametrizations.weight.original  # type: ignore[union-attr]
-    return layer.weight
-
-
-def find_parametrization(layer: nn.Module, kind: type) -> nn.Module | None:
-    if not parametrize.is_parametrized(layer, "weight"):
-        return None
-    for p in layer.parametrizations.weight:  # type: ignore[union-attr]
-        if isinstance(p, kind):
-            return p
-    return None

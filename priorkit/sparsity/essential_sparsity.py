@@ -47,13 +47,12 @@ from priorkit.core.errors import (
 )
 from priorkit.core.spec import MethodSpec
 from priorkit.sparsity._common import (
-    apply_masks,
     global_magnitude_masks,
     global_random_masks,
     nm_keep_mask,
     prunable_layers,
-    raw_weight,
 )
+from priorkit.sparsity.masks import MaskSet
 
 __all__ = [
     "SweepResult",
@@ -196,15 +195,15 @@ def prune_copy(
     if pruner == "nm" and (len(tuple(nm)) != 2 or not all(isinstance(v, int) for v in nm)):
         raise PriorkitError(f"nm must be a pair of integers (n_pruned, M), got {nm!r}")
     pruned = copy.deepcopy(model)
-    layers = prunable_layers(pruned, include)
-    weights = {n: raw_weight(m).detach() for n, m in layers.items()}
+    held = MaskSet(pruned, owner="essential_sparsity", include=include).attach()
+    weights = {n: w.detach() for n, w in held.weights().items()}
     if pruner == "omp":
         masks = omp_masks(weights, sparsity)
     elif pruner == "random":
         masks = random_masks(weights, sparsity, seed=seed)
     else:
         masks = nm_masks(weights, *nm)
-    apply_masks(layers, masks)
+    held.set(masks)
     return pruned
 
 

@@ -13,9 +13,11 @@ pruning probability ``z(w) = e^{t^2/tau} / (e^{t^2/tau} + e^{w^2/tau})`` and the
 ``(1 - z(w)) w`` (written here as ``sigmoid((w^2 - t^2)/tau) w``, which cannot overflow).
 
 Functional core: :func:`pdp_threshold`, :func:`pdp_soft_mask`, :func:`pdp_hard_mask`, and :class:`PDPMask`,
-the soft mask as a ``torch.nn.utils.parametrize`` parametrization (for your own loop). Entry: the hook
-:class:`PDP` (claims ``weight_parametrization``, so it is refused beside GMP). No official code exists; the
-schedule follows the card (third-party reimplementations, e.g. PQuant), marked as assumption.
+the soft mask as a ``torch.nn.utils.parametrize`` parametrization (for your own loop; registered through the
+family's :func:`~priorkit.sparsity.masks.attach_parametrization`, it does not stack with another weight
+parametrization), replaced at the end by the family's boolean :class:`~priorkit.sparsity.masks.WeightMask`.
+Entry: the hook :class:`PDP` (claims ``weight_parametrization``, so it is refused beside GMP). No official code
+exists; the schedule follows the card (third-party reimplementations, e.g. PQuant), marked as assumption.
 ``torch.ao.pruning`` has no differentiable soft mask, so the mask is written here on its parametrize base.
 The public functions check their input; the parametrization's forward (every step) uses the unchecked path,
 its settings being checked when they are set. Budgets and hard masks are computed only from finite weights.
@@ -54,15 +56,14 @@ from priorkit.core.errors import (
 )
 from priorkit.core.spec import MethodSpec
 from priorkit.sparsity._common import (
-    FixedMask,
     global_layer_budgets,
     magnitude_keep_mask,
     nm_groups,
     nm_keep_mask,
     nm_ungroup,
     prunable_layers,
-    raw_weight,
 )
+from priorkit.sparsity.masks import WeightMask, attach_parametrization, raw_weight
 from priorkit.train.engine import RunState
 from priorkit.train.hooks import Hook
 
@@ -246,6 +247,10 @@ def _check_nm(mode: str, n: int, m: int) -> None:
             raise PriorkitError(f"N:M needs 0 < N < M, got N={n}, M={m}")
 
 
+def _plist(layer: nn.Module) -> list[nn.Module]:
+    return list(layer.parametrizations.weight) if parametrize.is_parametrized(layer, "weight") else []
+
+
 class PDP(Hook):
     """PDP training hook: soft masks during training, the hard mask for the last ``hard_finetune_epochs``.
 
@@ -296,19 +301,19 @@ class PDP(Hook):
 
     # ------------------------------------------------------------------ structure
     def _attach_soft(self) -> None:
-        for layer in self.layers.values():
-            if not parametrize.is_parametrized(layer, "weight"):
-                parametrize.register_parametrization(layer, "weight", PDPMask(0.0, self.tau, **self.mask_kw))
+        for name, layer in self.layers.items():
+            if not any(isinstance(p, PDPMask | WeightMask) for p in _plist(layer)):
+                attach_parametrization(layer, PDPMask(0.0, self.tau, **self.mask_kw), where=name)
 
     def _set_hard(self, masks: dict[str, torch.Tensor]) -> None:
         for name, layer in self.layers.items():
-            fixed = FixedMask(masks[name].to(raw_weight(layer).device))
+            fixed = WeightMask(masks[name].to(raw_weight(layer).device), owner="pdp")
             if parametrize.is_parametrized(layer, "weight"):
                 # swap the soft mask for the hard one in place: re-registering the parametrization would detach
                 # the weight from a DDP wrapper built around the soft phase (its gradient hooks)
                 layer.parametrizations.weight[0] = fixed
             else:
-                parametrize.register_parametrization(layer, "weight", fixed)
+                attach_parametrization(layer, fixed, where=name)
         self.hard = True
 
     def ratio(self, name: str, epoch: int) -> float:

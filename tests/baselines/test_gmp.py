@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from priorkit.baselines.gmp import GMP, one_shot_magnitude
-from priorkit.core.errors import NonFiniteError, PriorkitError
+from priorkit.core.errors import HookConflictError, NonFiniteError, PriorkitError
 from priorkit.data import gaussian_mixture
 from priorkit.models import MLP
 from priorkit.sparsity._common import cubic_sparsity
+from priorkit.sparsity.masks import MaskSet
 from priorkit.train import TrainConfig, Trainer
 from priorkit.train.distributed import run_gloo
 
@@ -58,8 +59,13 @@ def test_non_finite_weights_raise_and_masks_are_unchanged():
     assert hook.current == current
     for n, m in hook.layers.items():
         assert torch.equal(m.parametrizations.weight[0].mask, masks[n]), n
-    with pytest.raises(NonFiniteError, match="weight of layer"):
-        one_shot_magnitude(model, 0.5)
+    with pytest.raises(HookConflictError, match="already masked by 'gmp'"):
+        MaskSet(model, owner="other").attach()  # a second mask owner on the same layers is refused
+    fresh = MLP(4, (8,), 3)
+    with torch.no_grad():
+        fresh.head.weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match="weight of layer 'head'"):
+        one_shot_magnitude(fresh, 0.5)
 
 
 def test_bad_arguments_are_named():
