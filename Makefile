@@ -12,7 +12,7 @@ $(BIN)/priorkit: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[text,adapters,data,zoo,dev]'
+	$(BIN)/pip install -q -e '.[text,adapters,data,zoo,sparsity,dev]'
 	touch $(BIN)/priorkit
 
 setup: $(BIN)/priorkit

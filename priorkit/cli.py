@@ -1,4 +1,4 @@
-"""Command line: ``priorkit list | show | run | bench | report | costs | zoo | data``."""
+"""Command line: ``priorkit list | show | run | bench | report | costs | speed | zoo | data``."""
 
 from __future__ import annotations
 
@@ -268,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     build_costs_parser(co)
     co.set_defaults(fn=run_costs)
+    sp = sub.add_parser("speed", help="time and memory of dense vs masked vs smaller vs sparse-kernel forms of a net")
+    from priorkit.report.sparse_speed import build_speed_parser, run_speed
+
+    build_speed_parser(sp)
+    sp.set_defaults(fn=run_speed)
     zo = sub.add_parser("zoo", help="pretrained backbones: list, build (pretrain and cache), path")
     zsub = zo.add_subparsers(dest="zoo_command", required=True)
     zl = zsub.add_parser("list", help="every zoo backbone, its feature dim, input and what it was pretrained on")

@@ -308,6 +308,13 @@ def write_report(
         rec = load_adapter_costs(costs)
         md += "\n" + adapter_costs_markdown(rec)
         page = page.replace("</body></html>", adapter_costs_html(rec) + "</body></html>")
+    speed = out / "sparse_speed.json"
+    if speed.is_file():  # `priorkit speed` wrote what sparsity saves into this folder
+        from priorkit.report.sparse_speed import load_sparse_speed, sparse_speed_html, sparse_speed_markdown
+
+        rec = load_sparse_speed(speed)
+        md += "\n" + sparse_speed_markdown(rec)
+        page = page.replace("</body></html>", sparse_speed_html(rec) + "</body></html>")
     paths["md"].write_text(md)
     paths["html"].write_text(page)
     return paths

@@ -11,7 +11,9 @@ engine writes carries the masks and a resumed run restores them. Granularities (
   ``1 - N/M`` by construction);
 - ``channel``: whole output channels (rows of a Linear, filters of a Conv) are zeroed, exactly
   ``floor(s * out)`` of them per layer, ranked by the L2 norm of their scores (global scope ranks the per-weight
-  mean square, so layers of different fan-in compare fairly).
+  mean square, so layers of different fan-in compare fairly). The layer's bias is masked with its channel, so a
+  pruned channel outputs exactly zero and removing it physically
+  (:func:`priorkit.sparsity.physical.remove_pruned_channels`) leaves the network's function unchanged.
 
 Stacking rule (DESIGN principle 3): a weight carries at most one priorkit mask owner, and a mask is only
 stacked with another parametrization of the same tensor when every parametrization involved declares
@@ -273,7 +275,22 @@ class MaskSet:
                 continue
             w = raw_weight(layer)
             attach_parametrization(layer, WeightMask(torch.ones_like(w, dtype=torch.bool), self.owner), where=name)
+            if self._masks_bias(layer):
+                b = raw_weight(layer, "bias")
+                attach_parametrization(layer, WeightMask(torch.ones_like(b, dtype=torch.bool), self.owner),
+                                       tensor="bias", where=name)  # fmt: skip
         return self
+
+    def _masks_bias(self, layer: nn.Module) -> bool:
+        return self.granularity.kind == "channel" and getattr(layer, "bias", None) is not None
+
+    def _write(self, name: str, mask: torch.Tensor) -> None:
+        self._mask_module(name).mask.copy_(mask)  # type: ignore[union-attr]
+        layer = self.layers[name]
+        if self._masks_bias(layer):
+            for p in parametrizations_of(layer, "bias"):
+                if isinstance(p, WeightMask):
+                    p.mask.copy_(mask.flatten(1).any(dim=1))
 
     @property
     def attached(self) -> bool:
@@ -324,8 +341,13 @@ class MaskSet:
                                     f"{shape}")  # fmt: skip
             if mk.dtype != torch.bool:
                 raise PriorkitError(f"mask for layer {name!r} must be a bool tensor, got dtype {mk.dtype}")
+            if self.granularity.kind == "channel":
+                rows = mk.flatten(1)
+                if not bool((rows.all(dim=1) | ~rows.any(dim=1)).all()):
+                    raise PriorkitError(f"mask for layer {name!r} is not channel-structured (granularity 'channel' "
+                                        "keeps or prunes whole output channels)")  # fmt: skip
         for name, mk in masks.items():
-            self._mask_module(name).mask.copy_(mk)  # type: ignore[union-attr]
+            self._write(name, mk)
         if sync:
             self.sync()
 
@@ -349,13 +371,17 @@ class MaskSet:
             mod = self._mask_module(name)
             buf = mod.mask.to(torch.uint8)  # type: ignore[union-attr]
             dist.broadcast(buf, src=0)
-            mod.mask.copy_(buf.bool())  # type: ignore[union-attr]
+            self._write(name, buf.bool())
 
     @torch.no_grad()
     def zero_pruned_(self) -> None:
         """Set the raw weights under the mask to exactly zero (a regrown weight then starts from zero)."""
         for name, w in self.weights().items():
-            w.mul_(self._mask_module(name).mask.to(w.dtype))  # type: ignore[union-attr]
+            mask = self._mask_module(name).mask  # type: ignore[union-attr]
+            w.mul_(mask.to(w.dtype))
+            if self._masks_bias(self.layers[name]):
+                b = raw_weight(self.layers[name], "bias")
+                b.mul_(mask.flatten(1).any(dim=1).to(b.dtype))
 
     def density(self) -> dict[str, float]:
         """Fraction of kept weights per layer."""
@@ -370,14 +396,16 @@ class MaskSet:
     def remove(self, *, bake: bool = True) -> None:
         """Remove this owner's masks; ``bake=True`` leaves the masked weights (zeros stay zeros)."""
         for name, layer in self.layers.items():
-            plist = parametrizations_of(layer)
-            if not any(isinstance(p, WeightMask) and p.owner == self.owner for p in plist):
-                continue
-            if len(plist) > 1:
-                raise HookConflictError(
-                    f"layer {name!r} carries {len(plist)} parametrizations; remove the others before the mask"
-                )
-            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=bake)
+            for tensor in ("weight", "bias"):
+                plist = parametrizations_of(layer, tensor)
+                if not any(isinstance(p, WeightMask) and p.owner == self.owner for p in plist):
+                    continue
+                if len(plist) > 1:
+                    raise HookConflictError(
+                        f"layer {name!r} carries {len(plist)} parametrizations on its {tensor}; remove the others "
+                        "before the mask"
+                    )
+                parametrize.remove_parametrizations(layer, tensor, leave_parametrized=bake)
 
 
 def nm_valid(mask: torch.Tensor, n: int, m: int) -> bool:
