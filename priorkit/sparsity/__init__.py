@@ -18,8 +18,12 @@ from priorkit.sparsity.essential_sparsity import (
 )
 from priorkit.sparsity.masks import Granularity, MaskSet, WeightMask, attach_parametrization, keep_masks
 from priorkit.sparsity.pdp import PDP, PDPMask, pdp_hard_mask, pdp_soft_mask, pdp_threshold
+from priorkit.sparsity.trp import TRP, factorize_conv, trp_decompose
 
 __all__ = [
+    "TRP",
+    "factorize_conv",
+    "trp_decompose",
     "Granularity",
     "MaskSet",
     "WeightMask",
