@@ -1,11 +1,13 @@
 """Other papers' baselines that priorkit's experiments compare against (one module per kind of task).
 
 ``ood`` (SSD+, Mahalanobis, KNN+, energy scores), ``mil`` (gated attention MIL, naive instance MIL),
-``fewshot`` (SimpleShot and nearest-prototype baselines), ``gmp`` (gradual and one-shot magnitude pruning).
+``fewshot`` (SimpleShot and nearest-prototype baselines), ``gmp`` (gradual and one-shot magnitude pruning),
+``filter_pruning`` (static L1-norm filter pruning).
 They live apart from the methods, as pytorch-ood keeps detectors apart from losses.
 """
 
 from priorkit.baselines.fewshot import nearest_prototype, simpleshot
+from priorkit.baselines.filter_pruning import StaticChannelMask, l1_filter_keep
 from priorkit.baselines.gmp import GMP, one_shot_magnitude
 from priorkit.baselines.mil import GatedABMIL, abmil_recipe, eval_abmil, naive_recipe
 from priorkit.baselines.ood import (
@@ -20,6 +22,8 @@ from priorkit.baselines.ood import (
 )
 
 __all__ = [
+    "StaticChannelMask",
+    "l1_filter_keep",
     "GMP",
     "ClassMahalanobis",
     "GatedABMIL",
