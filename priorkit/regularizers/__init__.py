@@ -5,10 +5,15 @@ from priorkit.regularizers.elr import ELR, clamped_softmax, elr_regularizer, elr
 from priorkit.regularizers.hessian_alignment import HessianAlignmentRecipe, hgp_penalty, hutchinson_penalty
 from priorkit.regularizers.msbreg import MSBReg, MSBRegNet, dispersion_terms
 from priorkit.regularizers.ovor import OVOR, VirtualOutliers, synthesize_outliers, vor_loss
+from priorkit.regularizers.pgdnm import PGDNM, MaskPolicy, mask_to_image, policy_surrogate
 from priorkit.regularizers.pskd import PSKD, alpha_at, pskd_loss, pskd_targets
 from priorkit.regularizers.tjepa import TJEPA, TJEPAHook, jepa_loss
 
 __all__ = [
+    "PGDNM",
+    "MaskPolicy",
+    "mask_to_image",
+    "policy_surrogate",
     "TJEPA",
     "TJEPAHook",
     "jepa_loss",
