@@ -1,4 +1,4 @@
-"""Metrics: classification and calibration, OOD detection, sparsity."""
+"""Metrics: classification and calibration, OOD detection, sparsity, restoration (PSNR)."""
 
 from priorkit.metrics.classification import (
     Reliability,
@@ -10,9 +10,12 @@ from priorkit.metrics.classification import (
     reliability,
 )
 from priorkit.metrics.ood import auroc, fpr_at_95_tpr
+from priorkit.metrics.restoration import psnr, rgb_to_y
 from priorkit.metrics.sparsity import layer_sparsity, model_sparsity, param_count, sparsity
 
 __all__ = [
+    "psnr",
+    "rgb_to_y",
     "Reliability",
     "accuracy",
     "auroc",

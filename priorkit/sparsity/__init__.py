@@ -17,11 +17,13 @@ from priorkit.sparsity.essential_sparsity import (
     sparsity_sweep,
 )
 from priorkit.sparsity.ftwt import FTWT, FTWTGate, gate_conv_blocks
+from priorkit.sparsity.iss_p import ISSP
 from priorkit.sparsity.masks import Granularity, MaskSet, WeightMask, attach_parametrization, keep_masks
 from priorkit.sparsity.pdp import PDP, PDPMask, pdp_hard_mask, pdp_soft_mask, pdp_threshold
 from priorkit.sparsity.trp import TRP, factorize_conv, trp_decompose
 
 __all__ = [
+    "ISSP",
     "FTWT",
     "FTWTGate",
     "gate_conv_blocks",
