@@ -21,8 +21,13 @@ from priorkit.sparsity.iss_p import ISSP
 from priorkit.sparsity.masks import Granularity, MaskSet, WeightMask, attach_parametrization, keep_masks
 from priorkit.sparsity.pdp import PDP, PDPMask, pdp_hard_mask, pdp_soft_mask, pdp_threshold
 from priorkit.sparsity.trp import TRP, factorize_conv, trp_decompose
+from priorkit.sparsity.turbo_vbi import TurboVBI, bayesianize, debayesianize, remove_dead_neurons
 
 __all__ = [
+    "TurboVBI",
+    "bayesianize",
+    "debayesianize",
+    "remove_dead_neurons",
     "ISSP",
     "FTWT",
     "FTWTGate",
