@@ -7,9 +7,25 @@ from priorkit.regularizers.msbreg import MSBReg, MSBRegNet, dispersion_terms
 from priorkit.regularizers.ovor import OVOR, VirtualOutliers, synthesize_outliers, vor_loss
 from priorkit.regularizers.pgdnm import PGDNM, MaskPolicy, mask_to_image, policy_surrogate
 from priorkit.regularizers.pskd import PSKD, alpha_at, pskd_loss, pskd_targets
+from priorkit.regularizers.stn import (
+    STN,
+    Hyper,
+    HyperSpace,
+    StnLinear,
+    StnMLP,
+    per_example_dropout,
+    perturbation_entropy,
+)
 from priorkit.regularizers.tjepa import TJEPA, TJEPAHook, jepa_loss
 
 __all__ = [
+    "STN",
+    "Hyper",
+    "HyperSpace",
+    "StnLinear",
+    "StnMLP",
+    "per_example_dropout",
+    "perturbation_entropy",
     "PGDNM",
     "MaskPolicy",
     "mask_to_image",
