@@ -15,7 +15,9 @@ runs per row.
 Rules (fixed before the first run, from the card's "Expected: all three within ~1-2 points accuracy; Turbo-VBI with
 beta > 0 shows clearly fewer runs per row (clustered support) and more fully removed neurons than beta = 0 and
 magnitude pruning"): accuracy no more than 2 points below each baseline's; runs per row lower than each baseline's
-and removed neurons higher than each baseline's (margin 0: the paired interval must exclude a tie).
+and removed neurons higher than each baseline's (the paired interval must exclude a tie: coded as a margin of 1e-6,
+since a margin of 0 lets an all-zero interval pass; the first full run had margin 0, which contradicted this sentence,
+and was rerun with the margin that implements it).
 """
 
 from __future__ import annotations
@@ -153,16 +155,25 @@ EXPERIMENT = Experiment(
     checks=[
         Check("acc_vs_iid", "higher", -0.02),
         Check("acc_vs_magnitude", "higher", -0.02),
-        Check("runs_per_row_vs_iid", "lower", 0.0),
-        Check("runs_per_row_vs_magnitude", "lower", 0.0),
-        Check("removed_neurons_vs_iid", "higher", 0.0),
-        Check("removed_neurons_vs_magnitude", "higher", 0.0),
+        Check("runs_per_row_vs_iid", "lower", 1e-6),
+        Check("runs_per_row_vs_magnitude", "lower", 1e-6),
+        Check("removed_neurons_vs_iid", "higher", 1e-6),
+        Check("removed_neurons_vs_magnitude", "higher", 1e-6),
     ],
     run=run,
     quick=QUICK,
     full=FULL,
     seeds=5,
     quick_seeds=2,
+    diagnosis="The clustering half of the claim reproduces: at matched non-zeros the chain prior leaves far fewer "
+    "runs of non-zeros per row than the i.i.d. prior and than magnitude pruning (runs_per_row_*). No neuron is fully "
+    "removed by any arm at this compression (removed_neurons_* are 0 for all three, about 1.4x): the chain prior "
+    "runs along each neuron's inputs, so it clusters weights inside a row but has no term that empties a whole row "
+    "(the card's 2-D grid prior, which couples neighbouring neurons, is not built). The ablations show the knobs: a "
+    "stronger coupling (beta_1) and a sparser prior (alpha_active_0.1) do remove neurons, but not reliably more than "
+    "the baselines over 3 seeds. Accuracy ties the i.i.d. prior but trails magnitude pruning by about 2-3 points: "
+    "the Bayesian arms spend the post-pre-training epochs under the KL pull, magnitude pruning spends them "
+    "fine-tuning (same epochs, acc_vs_magnitude).",
     ablations={
         # stronger clustering (the card's range of beta is [0.3, 1])
         "beta_1": {"beta": 1.0},
