@@ -167,11 +167,12 @@ EXPERIMENT = Experiment(
     quick_seeds=2,
     diagnosis="The clustering half of the claim reproduces: at matched non-zeros the chain prior leaves far fewer "
     "runs of non-zeros per row than the i.i.d. prior and than magnitude pruning (runs_per_row_*). No neuron is fully "
-    "removed by any arm at this compression (removed_neurons_* are 0 for all three, about 1.4x): the chain prior "
+    "removed by any arm at this compression (removed_neurons_* are 0 for all three; compression): the chain prior "
     "runs along each neuron's inputs, so it clusters weights inside a row but has no term that empties a whole row "
     "(the card's 2-D grid prior, which couples neighbouring neurons, is not built). The ablations show the knobs: a "
     "stronger coupling (beta_1) and a sparser prior (alpha_active_0.1) do remove neurons, but not reliably more than "
-    "the baselines over 3 seeds. Accuracy ties the i.i.d. prior but trails magnitude pruning by about 2-3 points: "
+    "the baselines over 3 seeds. Accuracy ties the i.i.d. prior but trails magnitude pruning beyond the 2-point "
+    "tolerance: "
     "the Bayesian arms spend the post-pre-training epochs under the KL pull, magnitude pruning spends them "
     "fine-tuning (same epochs, acc_vs_magnitude).",
     ablations={
